@@ -1,0 +1,176 @@
+"""System checks: the EVENTBUS setting, and django-q2 settings that would break guarantees."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+
+from .conf import OPTIONS, eventbus_settings
+
+
+@register(Tags.compatibility)
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    value = getattr(settings, "EVENTBUS", {})
+    if not isinstance(value, dict):
+        return [
+            Error(
+                f"EVENTBUS must be a dict, got {type(value).__name__}.",
+                hint="Set EVENTBUS = {...} with the keys listed in the README, or remove it.",
+                id="eventbus_app.E001",
+            )
+        ]
+    for key, given in value.items():
+        option = OPTIONS.get(key)
+        if option is None:
+            errors.append(
+                Error(
+                    f"EVENTBUS has an unknown key {key!r}.",
+                    hint=f"Known keys: {', '.join(sorted(OPTIONS))}.",
+                    id="eventbus_app.E002",
+                )
+            )
+            continue
+        bad_type = not isinstance(given, option.types) or (
+            isinstance(given, bool) and bool not in option.types
+        )
+        if bad_type:
+            expected = " or ".join(t.__name__ for t in option.types)
+            errors.append(
+                Error(
+                    f"EVENTBUS[{key!r}] must be {expected}, got {type(given).__name__} {given!r}.",
+                    hint=f"{option.doc} Default: {option.default!r}.",
+                    id="eventbus_app.E003",
+                )
+            )
+        elif option.minimum is not None and given < option.minimum:
+            errors.append(
+                Error(
+                    f"EVENTBUS[{key!r}] must be >= {option.minimum}, got {given!r}.",
+                    hint=f"{option.doc} Default: {option.default!r}.",
+                    id="eventbus_app.E004",
+                )
+            )
+        elif option.types == (list, tuple) and not all(isinstance(v, str) for v in given):
+            errors.append(
+                Error(
+                    f"EVENTBUS[{key!r}] must hold strings, got {given!r}.",
+                    hint=option.doc,
+                    id="eventbus_app.E003",
+                )
+            )
+    if not errors:
+        unknown = [a for a in eventbus_settings.DATABASES if a not in settings.DATABASES]
+        if unknown:
+            errors.append(
+                Error(
+                    f"EVENTBUS['DATABASES'] names {unknown}, which are not in DATABASES.",
+                    id="eventbus_app.E005",
+                )
+            )
+    return errors
+
+
+@register(Tags.compatibility)
+def check_django_q(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """django-q2 options that would run a handler twice, or lose or stall work."""
+    messages: list[CheckMessage] = []
+    if "django_q" not in {a.split(".")[0] for a in settings.INSTALLED_APPS}:
+        return [
+            Error(
+                "eventbus_app needs django-q2: 'django_q' is not in INSTALLED_APPS.",
+                hint="Add 'django_q' to INSTALLED_APPS and run migrate.",
+                id="eventbus_app.E010",
+            )
+        ]
+    q = getattr(settings, "Q_CLUSTER", None)
+    if not isinstance(q, dict):
+        return [
+            Warning(
+                "Q_CLUSTER is not set: django-q2 falls back to a Redis broker on localhost.",
+                hint="Set Q_CLUSTER, e.g. {'orm': 'default', 'timeout': 60, 'retry': 120}.",
+                id="eventbus_app.W010",
+            )
+        ]
+    timeout, retry = q.get("timeout"), q.get("retry", 60)
+    uses_orm = "orm" in q
+    if q.get("sync"):
+        messages.append(
+            Warning(
+                "Q_CLUSTER['sync'] is True: dispatch runs inside the request that commits.",
+                hint="Only for tests and debugging; workers are what make handlers background.",
+                id="eventbus_app.W011",
+            )
+        )
+    if timeout is None:
+        messages.append(
+            Warning(
+                "Q_CLUSTER has no 'timeout': a hung handler holds its worker forever.",
+                hint="Set 'timeout' (seconds) below 'retry' and at or below "
+                "EVENTBUS['LEASE_SECONDS'].",
+                id="eventbus_app.W012",
+            )
+        )
+    else:
+        if uses_orm and timeout >= retry:
+            messages.append(
+                Error(
+                    f"Q_CLUSTER 'timeout' ({timeout}) is not below 'retry' ({retry}): the ORM "
+                    "broker hands a still-running task to a second worker.",
+                    hint="Set 'retry' larger than 'timeout'.",
+                    id="eventbus_app.E011",
+                )
+            )
+        if timeout > eventbus_settings.LEASE_SECONDS:
+            messages.append(
+                Warning(
+                    f"Q_CLUSTER 'timeout' ({timeout}) exceeds EVENTBUS['LEASE_SECONDS'] "
+                    f"({eventbus_settings.LEASE_SECONDS}): a batch can outlive its lease, and "
+                    "another worker then runs its deliveries a second time.",
+                    hint="Keep 'timeout' <= LEASE_SECONDS, or raise LEASE_SECONDS.",
+                    id="eventbus_app.W013",
+                )
+            )
+        if timeout <= eventbus_settings.DISPATCH_SECONDS:
+            messages.append(
+                Warning(
+                    f"Q_CLUSTER 'timeout' ({timeout}) is not above EVENTBUS['DISPATCH_SECONDS'] "
+                    f"({eventbus_settings.DISPATCH_SECONDS}): dispatch tasks get killed "
+                    "mid-batch.",
+                    hint="Raise 'timeout' or lower DISPATCH_SECONDS.",
+                    id="eventbus_app.W014",
+                )
+            )
+    if q.get("save_limit", 250) == 0:
+        messages.append(
+            Warning(
+                "Q_CLUSTER 'save_limit' is 0: django-q2 keeps every task result forever and "
+                "each dispatch nudge adds one.",
+                hint="Use a positive save_limit, or -1 to keep no successful results.",
+                id="eventbus_app.W015",
+            )
+        )
+    return messages
+
+
+@register(Tags.database)
+def check_sqlite(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    messages: list[CheckMessage] = []
+    for alias in eventbus_settings.DATABASES:
+        db = settings.DATABASES.get(alias, {})
+        if "sqlite" not in db.get("ENGINE", ""):
+            continue
+        options = db.get("OPTIONS", {})
+        if str(options.get("transaction_mode", "")).upper() != "IMMEDIATE":
+            messages.append(
+                Warning(
+                    f"SQLite database {alias!r} does not use transaction_mode IMMEDIATE: "
+                    "concurrent workers hit 'database is locked' instead of waiting.",
+                    hint="OPTIONS: {'transaction_mode': 'IMMEDIATE', 'timeout': 20, "
+                    "'init_command': 'PRAGMA journal_mode=WAL;'}",
+                    id="eventbus_app.W020",
+                )
+            )
+    return messages

@@ -1,0 +1,85 @@
+"""The ``EVENTBUS`` setting: one dict, every key optional.
+
+Read it through :data:`eventbus_settings`; values resolve lazily and reset when Django's
+``setting_changed`` signal fires (``override_settings`` in tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+
+@dataclass(frozen=True)
+class Option:
+    default: Any
+    types: tuple[type, ...]
+    doc: str
+    minimum: float | None = None
+
+
+# Every key, its default and its meaning. README.md's settings table mirrors this.
+OPTIONS: dict[str, Option] = {
+    "MAX_ATTEMPTS": Option(5, (int,), "Attempts per delivery before it is dead-lettered.", 1),
+    "RETRY_BACKOFF": Option(
+        2.0, (int, float), "Base delay in seconds, doubled per attempt; 0 retries at once.", 0
+    ),
+    "RETRY_BACKOFF_MAX": Option(3600.0, (int, float), "Upper bound of one retry delay.", 0),
+    "RETRY_JITTER": Option(True, (bool,), "Randomise each delay between half and all of it."),
+    "LEASE_SECONDS": Option(
+        300, (int, float), "How long a claimed delivery is reserved for its worker.", 1
+    ),
+    "MAX_CHAIN_DEPTH": Option(
+        16, (int,), "How deep handlers may emit events from events before it stops.", 1
+    ),
+    "MAX_PAYLOAD_BYTES": Option(
+        256 * 1024, (int,), "Largest JSON payload emit() accepts, in bytes.", 1
+    ),
+    "REDACT_FIELDS": Option(
+        ("password",), (list, tuple), "Payload keys masked in the admin (any depth)."
+    ),
+    "BATCH_SIZE": Option(100, (int,), "Events fanned out / deliveries claimed per batch.", 1),
+    "DISPATCH_SECONDS": Option(
+        10.0, (int, float), "How long one dispatch task works before it hands over.", 0.1
+    ),
+    "SWEEP_MINUTES": Option(1, (int,), "Interval of the django-q2 schedule that sweeps.", 1),
+    "NUDGE": Option(True, (bool,), "Enqueue a dispatch task when an emitting commit ends."),
+    "DATABASES": Option(
+        ("default",), (list, tuple), "Database aliases the dispatcher and sweep serve."
+    ),
+}
+
+
+class EventBusSettings:
+    """Attribute access to ``settings.EVENTBUS`` merged over the defaults."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] = {}
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        value = getattr(settings, "EVENTBUS", None)
+        return value if isinstance(value, dict) else {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in OPTIONS:
+            raise AttributeError(f"Unknown EVENTBUS setting {name!r}")
+        if name not in self._cache:
+            self._cache[name] = self.user_settings.get(name, OPTIONS[name].default)
+        return self._cache[name]
+
+    def reload(self) -> None:
+        self._cache.clear()
+
+
+eventbus_settings = EventBusSettings()
+
+
+@receiver(setting_changed)
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting == "EVENTBUS":
+        eventbus_settings.reload()

@@ -1,0 +1,438 @@
+"""Claim, fan out, deliver, retry: the dispatcher.
+
+It runs inside django-q2 tasks (``tasks.py``) and in ``manage.py eventbus_drain``. Every
+decision is recorded in our tables; a worker that dies leaves only a lease that expires.
+
+* **Fan-out** claims undispatched events (``dispatched_at IS NULL``) and creates one
+  ``Delivery`` per registered handler.
+* **Claim** picks due deliveries by state and due time (never by an id cursor: ids are
+  assigned at insert, not at commit) with ``FOR UPDATE SKIP LOCKED`` where the database has
+  it, and marks them ``RUNNING`` under a fresh lease token. The token guards every later
+  write, so a worker whose lease expired cannot record an outcome.
+* **Deliver** runs each handler in a savepoint together with the update that marks it
+  succeeded; a batch commits once on PostgreSQL (SQLite commits per delivery so that one
+  batch never holds its write lock for long).
+
+Due times and leases use the database's clock (``Now()``), so workers with skewed clocks
+neither run retries early nor starve them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import traceback as tb
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from django.db import DatabaseError, connections, transaction
+from django.db.models import F
+from django.db.models.functions import Now
+
+from . import signals
+from .conf import eventbus_settings
+from .context import DeliveryContext, _current
+from .events import Event, event_class
+from .exceptions import (
+    EventBusError,
+    LeaseLost,
+    PayloadMismatch,
+    PermanentError,
+    UnknownEventType,
+    UnknownHandler,
+)
+from .models import Delivery, DeliveryAttempt, HandlerState, OutboxEvent
+from .registry import HandlerSpec, get_handler, handlers_for
+
+logger = logging.getLogger(__name__)
+
+# Pseudo-handler of an event whose type has no class here: delivering it routes the event
+# once the class exists again, and dead-letters it (with the reason) until then.
+UNROUTABLE = "eventbus_app.unroutable"
+
+Status = Delivery.Status
+
+
+class AttemptsExhausted(PermanentError):
+    """A delivery was claimed more often than its handler's max_attempts allows."""
+
+
+@dataclass
+class Counts:
+    fanned_out: int = 0
+    delivered: int = 0
+    failed: int = 0
+    dead: int = 0
+    lease_lost: int = 0
+    errors: int = 0
+    more: bool = False  # stopped by the time budget with work still due
+
+    def add(self, other: Counts) -> None:
+        for name in ("fanned_out", "delivered", "failed", "dead", "lease_lost", "errors"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass
+class _Outcome:
+    delivery: Delivery
+    status: str
+    error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def backoff_seconds(attempt: int, spec: HandlerSpec | None = None) -> float:
+    """Delay before the retry that follows failed ``attempt`` (1-based)."""
+    base = eventbus_settings.RETRY_BACKOFF
+    cap = eventbus_settings.RETRY_BACKOFF_MAX
+    if spec is not None:
+        base = spec.retry_backoff if spec.retry_backoff is not None else base
+        cap = spec.retry_backoff_max if spec.retry_backoff_max is not None else cap
+    if base <= 0:
+        return 0.0
+    delay = min(float(cap), float(base) * 2.0 ** min(attempt - 1, 64))
+    if eventbus_settings.RETRY_JITTER:
+        delay = random.uniform(delay / 2, delay)
+    return delay
+
+
+def _batch_transactions(using: str) -> bool:
+    # SQLite has one writer: a batch-long transaction would hold it for the whole batch.
+    return connections[using].vendor != "sqlite"
+
+
+# --- fan-out -----------------------------------------------------------------------------
+
+
+def fan_out(using: str = "default", limit: int | None = None) -> int:
+    """Create the deliveries of up to ``limit`` undispatched events; returns events done."""
+    limit = limit or eventbus_settings.BATCH_SIZE
+    with transaction.atomic(using=using):
+        events = list(
+            OutboxEvent.objects.using(using)
+            .filter(dispatched_at__isnull=True)
+            .order_by("id")
+            .select_for_update(skip_locked=True)
+            .values_list("pk", "event_type")[:limit]
+        )
+        if not events:
+            return 0
+        deliveries = []
+        for pk, event_type in events:
+            cls = event_class(event_type)
+            names = [s.name for s in handlers_for(cls)] if cls is not None else [UNROUTABLE]
+            deliveries.extend(Delivery(event_id=pk, handler=name) for name in names)
+        Delivery.objects.using(using).bulk_create(deliveries, ignore_conflicts=True)
+        OutboxEvent.objects.using(using).filter(
+            pk__in=[pk for pk, _ in events], dispatched_at__isnull=True
+        ).update(dispatched_at=Now())
+    return len(events)
+
+
+# --- claim -------------------------------------------------------------------------------
+
+
+def paused_handlers(using: str) -> list[str]:
+    return list(
+        HandlerState.objects.using(using).filter(paused=True).values_list("handler", flat=True)
+    )
+
+
+def claim(using: str = "default", limit: int | None = None) -> tuple[uuid.UUID, list[Delivery]]:
+    """Lease up to ``limit`` due deliveries; returns the lease token and the deliveries."""
+    limit = limit or eventbus_settings.BATCH_SIZE
+    token = uuid.uuid4()
+    lease = timedelta(seconds=eventbus_settings.LEASE_SECONDS)
+    due = {"status__in": Delivery.CLAIMABLE, "next_attempt_at__lte": Now()}
+    with transaction.atomic(using=using):
+        candidates = Delivery.objects.using(using).filter(**due)
+        paused = paused_handlers(using)
+        if paused:
+            candidates = candidates.exclude(handler__in=paused)
+        ids = list(
+            candidates.order_by("next_attempt_at")
+            .select_for_update(skip_locked=True)
+            .values_list("pk", flat=True)[:limit]
+        )
+        if not ids:
+            return token, []
+        # Re-checking the due condition makes the claim safe even where rows are not locked.
+        Delivery.objects.using(using).filter(pk__in=ids, **due).update(
+            status=Status.RUNNING,
+            lease_token=token,
+            next_attempt_at=Now() + lease,
+            attempts=F("attempts") + 1,
+        )
+    claimed = list(
+        Delivery.objects.using(using)
+        .filter(pk__in=ids, lease_token=token)
+        .select_related("event")
+        .order_by("pk")
+    )
+    return token, claimed
+
+
+# --- deliver -----------------------------------------------------------------------------
+
+
+def _load_event(record: OutboxEvent) -> Event:
+    cls = event_class(record.event_type)
+    if cls is None:
+        raise UnknownEventType(
+            f"No Event class is registered for event_type {record.event_type!r} (event "
+            f"#{record.pk}). Restore the class (or one with event_type={record.event_type!r}), "
+            "then retry this dead letter."
+        )
+    return cls.from_json(record.payload, record.version)
+
+
+def _route_again(delivery: Delivery, using: str) -> None:
+    """Deliver the UNROUTABLE pseudo-handler: fan the event out now that its class exists."""
+    cls = event_class(delivery.event.event_type)
+    if cls is None:
+        _load_event(delivery.event)  # raises UnknownEventType with the explanation
+        return
+    Delivery.objects.using(using).bulk_create(
+        [Delivery(event_id=delivery.event_id, handler=s.name) for s in handlers_for(cls)],
+        ignore_conflicts=True,
+    )
+
+
+def _mark_succeeded(delivery: Delivery, token: uuid.UUID, using: str) -> None:
+    updated = (
+        Delivery.objects.using(using)
+        .filter(pk=delivery.pk, lease_token=token)
+        .update(
+            status=Status.SUCCEEDED,
+            lease_token=None,
+            next_attempt_at=None,
+            finished_at=Now(),
+            last_error="",
+            error_class="",
+            traceback="",
+        )
+    )
+    if not updated:
+        raise LeaseLost(
+            f"Lease on delivery #{delivery.pk} ({delivery.handler}) expired and another worker "
+            "claimed it; this run's effects are rolled back."
+        )
+
+
+def _record_failure(
+    delivery: Delivery, token: uuid.UUID, using: str, exc: BaseException, spec: HandlerSpec | None
+) -> _Outcome:
+    max_attempts = (spec.max_attempts if spec else None) or eventbus_settings.MAX_ATTEMPTS
+    permanent = isinstance(exc, PermanentError)
+    dead = permanent or delivery.attempts >= max_attempts
+    error = f"{type(exc).__name__}: {exc}"
+    if permanent and not isinstance(exc, AttemptsExhausted):
+        error += "\n(This error is permanent: retrying cannot help, so it was not retried.)"
+    error_class = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    trace = "".join(tb.format_exception(exc))
+    delay = 0.0 if dead else backoff_seconds(delivery.attempts, spec)
+    with transaction.atomic(using=using):
+        updated = (
+            Delivery.objects.using(using)
+            .filter(pk=delivery.pk, lease_token=token)
+            .update(
+                status=Status.DEAD if dead else Status.FAILED,
+                lease_token=None,
+                next_attempt_at=None if dead else Now() + timedelta(seconds=delay),
+                finished_at=Now() if dead else None,
+                last_error=error,
+                error_class=error_class,
+                traceback=trace,
+            )
+        )
+        if not updated:
+            logger.warning(
+                "Lease on delivery #%s (%s) was lost before its failure was recorded",
+                delivery.pk,
+                delivery.handler,
+            )
+            return _Outcome(delivery, "lease_lost")
+        DeliveryAttempt.objects.using(using).create(
+            delivery_id=delivery.pk,
+            attempt=delivery.attempts,
+            outcome=DeliveryAttempt.Outcome.DEAD if dead else DeliveryAttempt.Outcome.FAILED,
+            error=error,
+            error_class=error_class,
+            traceback=trace,
+            replays=delivery.replays,
+        )
+    logger.error(
+        "Event #%s (%s): handler %s failed on attempt %s/%s%s: %s",
+        delivery.event_id,
+        delivery.event.event_type,
+        delivery.handler,
+        delivery.attempts,
+        max_attempts,
+        " and is dead" if dead else f", retrying in {delay:.1f}s",
+        error.splitlines()[0],
+        exc_info=exc,
+    )
+    delivery.status = Status.DEAD if dead else Status.FAILED
+    delivery.last_error, delivery.error_class, delivery.traceback = error, error_class, trace
+    return _Outcome(delivery, delivery.status, error)
+
+
+def _deliver_one(
+    delivery: Delivery, token: uuid.UUID, using: str, cache: dict[int, Event]
+) -> _Outcome:
+    spec = get_handler(delivery.handler)
+    try:
+        if delivery.handler == UNROUTABLE:
+            with transaction.atomic(using=using):
+                _route_again(delivery, using)
+                _mark_succeeded(delivery, token, using)
+            delivery.status = Status.SUCCEEDED
+            return _Outcome(delivery, Status.SUCCEEDED)
+        if spec is None:
+            raise UnknownHandler(
+                f"No handler named {delivery.handler!r} is registered in this process (removed "
+                "or renamed?). Register it again under that name, or leave this dead letter."
+            )
+        max_attempts = spec.max_attempts or eventbus_settings.MAX_ATTEMPTS
+        if delivery.attempts > max_attempts:
+            raise AttemptsExhausted(
+                f"Claimed for attempt {delivery.attempts} of {max_attempts}: earlier attempts "
+                "did not finish (the worker died or its lease expired)."
+            )
+        if delivery.event_id not in cache:
+            cache[delivery.event_id] = _load_event(delivery.event)
+        event = cache[delivery.event_id]
+        ctx = DeliveryContext(
+            delivery_id=delivery.pk,
+            event_id=delivery.event_id,
+            event_type=delivery.event.event_type,
+            handler=delivery.handler,
+            attempt=delivery.attempts,
+            correlation_id=delivery.event.correlation_id,
+            causation_id=delivery.event.causation_id,
+            depth=delivery.event.depth,
+            replays=delivery.replays,
+            using=using,
+        )
+        reset = _current.set(ctx)
+        try:
+            with transaction.atomic(using=using):
+                if spec.is_async:
+                    async_to_sync(spec.func)(event)
+                else:
+                    spec.func(event)
+                _mark_succeeded(delivery, token, using)
+        finally:
+            _current.reset(reset)
+    except LeaseLost as exc:
+        logger.warning("%s", exc)
+        return _Outcome(delivery, "lease_lost")
+    except Exception as exc:
+        if isinstance(exc, DatabaseError) and connections[using].needs_rollback:
+            raise  # the outer transaction is broken: give the batch back to its lease
+        if isinstance(exc, DatabaseError) and not connections[using].is_usable():
+            raise
+        return _record_failure(delivery, token, using, exc, spec)
+    delivery.status = Status.SUCCEEDED
+    return _Outcome(delivery, Status.SUCCEEDED)
+
+
+def deliver(using: str, token: uuid.UUID, deliveries: list[Delivery]) -> Counts:
+    """Run a claimed batch; returns what happened. Signals are sent after commit."""
+    counts = Counts()
+    outcomes: list[_Outcome] = []
+    cache: dict[int, Event] = {}
+    outer = transaction.atomic(using=using) if _batch_transactions(using) else nullcontext()
+    with outer:
+        for delivery in deliveries:
+            outcomes.append(_deliver_one(delivery, token, using, cache))
+    for outcome in outcomes:
+        d = outcome.delivery
+        if outcome.status == Status.SUCCEEDED:
+            counts.delivered += 1
+            _send(signals.delivery_succeeded, delivery=d, handler=d.handler)
+        elif outcome.status == Status.FAILED:
+            counts.failed += 1
+            _send(signals.delivery_failed, delivery=d, handler=d.handler, error=outcome.error,
+                  attempt=d.attempts)
+        elif outcome.status == Status.DEAD:
+            counts.dead += 1
+            _send(signals.delivery_dead, delivery=d, handler=d.handler, error=outcome.error,
+                  attempt=d.attempts)
+        else:
+            counts.lease_lost += 1
+    return counts
+
+
+def _send(signal: Any, **kwargs: Any) -> None:
+    for receiver, result in signal.send_robust(sender=Delivery, **kwargs):
+        if isinstance(result, Exception):
+            logger.error("Receiver %r of an eventbus signal raised", receiver, exc_info=result)
+
+
+# --- the loop ----------------------------------------------------------------------------
+
+
+@contextmanager
+def _recovering(using: str, counts: Counts) -> Iterator[None]:
+    """Survive a lost database connection: log it, drop the connection, carry on later."""
+    try:
+        yield
+    except (DatabaseError, EventBusError) as exc:
+        counts.errors += 1
+        logger.warning("eventbus dispatcher on %r hit %s: %s", using, type(exc).__name__, exc)
+        conn = connections[using]
+        if conn.in_atomic_block:
+            raise
+        conn.close()
+
+
+def run_once(using: str = "default") -> Counts:
+    """One fan-out batch and one delivery batch."""
+    counts = Counts()
+    counts.fanned_out = fan_out(using)
+    token, claimed = claim(using)
+    if claimed:
+        counts.add(deliver(using, token, claimed))
+    counts.more = bool(counts.fanned_out or claimed)
+    return counts
+
+
+def run(
+    using: str = "default",
+    *,
+    seconds: float | None = None,
+    max_errors: int = 5,
+) -> Counts:
+    """Work until nothing is due (or ``seconds`` have passed; then ``more`` is True)."""
+    total = Counts()
+    deadline = time.monotonic() + seconds if seconds is not None else None
+    consecutive_errors = 0
+    while True:
+        before = total.errors
+        step = Counts()
+        with _recovering(using, total):
+            step = run_once(using)
+        total.add(step)
+        if total.errors > before:
+            consecutive_errors += 1
+            if consecutive_errors >= max_errors:
+                total.more = True
+                return total
+            time.sleep(min(0.1 * 2**consecutive_errors, 2.0))
+            continue
+        consecutive_errors = 0
+        if not step.more:
+            total.more = False
+            return total
+        if deadline is not None and time.monotonic() >= deadline:
+            total.more = True
+            return total

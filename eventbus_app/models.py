@@ -1,0 +1,228 @@
+"""The outbox and its deliveries. These rows are the truth; django-q2 only executes."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, ClassVar
+
+from django.db import models
+from django.db.models.functions import Now
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+
+class OutboxEvent(models.Model):
+    """One emitted event, written in the emitting transaction."""
+
+    id = models.BigAutoField(primary_key=True)
+    event_type = models.CharField(_("event type"), max_length=200, db_index=True)
+    version = models.PositiveIntegerField(_("version"), default=1)
+    payload = models.JSONField(_("payload"))
+    correlation_id = models.UUIDField(
+        _("correlation id"),
+        db_index=True,
+        help_text=_("Shared by every event of one causal chain."),
+    )
+    causation = models.ForeignKey(
+        "self",
+        verbose_name=_("caused by"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="caused_events",
+        help_text=_("The event whose handler emitted this one."),
+    )
+    depth = models.PositiveSmallIntegerField(
+        _("chain depth"), default=0, help_text=_("0 for an event not emitted by a handler.")
+    )
+    created_at = models.DateTimeField(_("created at"), default=timezone.now, db_index=True)
+    dispatched_at = models.DateTimeField(
+        _("fanned out at"),
+        null=True,
+        blank=True,
+        help_text=_("When its deliveries were created; empty until the dispatcher sees it."),
+    )
+
+    class Meta:
+        verbose_name = _("event")
+        verbose_name_plural = _("events")
+        permissions = [("replay_event", "Can replay events")]
+        indexes = [
+            # The fan-out claim: undispatched events in id order. Partial, so it stays tiny.
+            models.Index(
+                fields=["id"],
+                name="eventbus_undispatched_idx",
+                condition=models.Q(dispatched_at__isnull=True),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} #{self.pk}"
+
+
+class Delivery(models.Model):
+    """One (event, handler) pair: the unit that is claimed, run, retried and dead-lettered."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("pending")
+        RUNNING = "running", _("running")
+        SUCCEEDED = "succeeded", _("succeeded")
+        FAILED = "failed", _("failed (will retry)")
+        DEAD = "dead", _("dead")
+
+    # States the dispatcher may claim (RUNNING only once its lease has expired).
+    CLAIMABLE: ClassVar[tuple[str, ...]] = (Status.PENDING, Status.FAILED, Status.RUNNING)
+
+    id = models.BigAutoField(primary_key=True)
+    event = models.ForeignKey(
+        OutboxEvent, verbose_name=_("event"), on_delete=models.CASCADE, related_name="deliveries"
+    )
+    handler = models.CharField(_("handler"), max_length=255)
+    status = models.CharField(
+        _("status"), max_length=16, choices=Status.choices, default=Status.PENDING
+    )
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    last_error = models.TextField(_("last error"), blank=True, default="")
+    error_class = models.CharField(
+        _("exception class"), max_length=255, blank=True, default="", db_index=True
+    )
+    traceback = models.TextField(_("traceback"), blank=True, default="")
+    next_attempt_at = models.DateTimeField(
+        _("next attempt at"),
+        null=True,
+        blank=True,
+        db_default=Now(),
+        help_text=_(
+            "When it may be claimed next, by the database's clock. For a running delivery: "
+            "when its lease expires."
+        ),
+    )
+    lease_token = models.UUIDField(_("lease token"), null=True, blank=True, editable=False)
+    replays = models.PositiveIntegerField(
+        _("replays"), default=0, help_text=_("How often it was replayed after finishing.")
+    )
+    created_at = models.DateTimeField(_("created at"), db_default=Now())
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("delivery")
+        verbose_name_plural = _("deliveries")
+        permissions = [("retry_delivery", "Can retry deliveries")]
+        constraints = [
+            models.UniqueConstraint(fields=["event", "handler"], name="eventbus_one_per_handler"),
+        ]
+        indexes = [
+            # The delivery claim: claimable rows by due time. Finished rows stay out of it.
+            models.Index(
+                fields=["next_attempt_at"],
+                name="eventbus_delivery_due_idx",
+                condition=models.Q(status__in=["pending", "failed", "running"]),
+            ),
+            models.Index(fields=["handler", "status"], name="eventbus_handler_status_idx"),
+            models.Index(fields=["status", "error_class"], name="eventbus_status_error_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.handler} for event #{self.event_id} ({self.status})"
+
+    @property
+    def error_summary(self) -> str:
+        return self.last_error.strip().splitlines()[0] if self.last_error.strip() else ""
+
+
+class DeadLetterManager(models.Manager["DeadLetter"]):
+    def get_queryset(self) -> models.QuerySet[DeadLetter]:
+        return super().get_queryset().filter(status=Delivery.Status.DEAD)
+
+
+class DeadLetter(Delivery):
+    """A delivery that exhausted its attempts or failed permanently."""
+
+    objects = DeadLetterManager()  # type: ignore[misc]
+
+    class Meta:
+        proxy = True
+        verbose_name = _("dead letter")
+        verbose_name_plural = _("dead letters")
+
+
+class DeliveryAttempt(models.Model):
+    """History of one delivery: each failed attempt, and each finished run before a replay."""
+
+    class Outcome(models.TextChoices):
+        SUCCEEDED = "succeeded", _("succeeded")
+        FAILED = "failed", _("failed")
+        DEAD = "dead", _("dead")
+
+    id = models.BigAutoField(primary_key=True)
+    delivery = models.ForeignKey(
+        Delivery, on_delete=models.CASCADE, related_name="history", verbose_name=_("delivery")
+    )
+    attempt = models.PositiveIntegerField(_("attempt"))
+    outcome = models.CharField(_("outcome"), max_length=16, choices=Outcome.choices)
+    error = models.TextField(_("error"), blank=True, default="")
+    error_class = models.CharField(_("exception class"), max_length=255, blank=True, default="")
+    traceback = models.TextField(_("traceback"), blank=True, default="")
+    replays = models.PositiveIntegerField(_("replay round"), default=0)
+    recorded_at = models.DateTimeField(_("recorded at"), db_default=Now())
+
+    class Meta:
+        verbose_name = _("delivery attempt")
+        verbose_name_plural = _("delivery attempts")
+        ordering = ["delivery", "id"]
+
+    def __str__(self) -> str:
+        return f"attempt {self.attempt} of delivery #{self.delivery_id}: {self.outcome}"
+
+
+class HandlerState(models.Model):
+    """Operator switches per handler. A paused handler's deliveries wait, they do not fail."""
+
+    handler = models.CharField(_("handler"), max_length=255, primary_key=True)
+    paused = models.BooleanField(_("paused"), default=False)
+    changed_by = models.CharField(_("changed by"), max_length=150, blank=True, default="")
+    changed_at = models.DateTimeField(_("changed at"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("handler state")
+        verbose_name_plural = _("handler states")
+
+    def __str__(self) -> str:
+        return f"{self.handler} ({'paused' if self.paused else 'running'})"
+
+
+class OperatorAction(models.Model):
+    """Audit record: who retried, replayed, paused or resumed what, and when."""
+
+    class Kind(models.TextChoices):
+        RETRY = "retry", _("retry")
+        REPLAY = "replay", _("replay")
+        PAUSE = "pause", _("pause")
+        RESUME = "resume", _("resume")
+
+    id = models.BigAutoField(primary_key=True)
+    kind = models.CharField(_("action"), max_length=16, choices=Kind.choices)
+    actor = models.CharField(
+        _("by"), max_length=150, help_text=_("User name, or the command that did it.")
+    )
+    created_at = models.DateTimeField(_("at"), default=timezone.now, db_index=True)
+    event = models.ForeignKey(
+        OutboxEvent,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="operator_actions",
+    )
+    delivery = models.ForeignKey(
+        Delivery, null=True, blank=True, on_delete=models.CASCADE, related_name="operator_actions"
+    )
+    handler = models.CharField(_("handler"), max_length=255, blank=True, default="")
+    detail: models.JSONField[Any, Any] = models.JSONField(_("detail"), default=dict, blank=True)
+
+    class Meta:
+        verbose_name = _("operator action")
+        verbose_name_plural = _("operator actions")
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} by {self.actor} at {self.created_at:%Y-%m-%d %H:%M:%S}"

@@ -1,0 +1,102 @@
+"""The handler registry: which functions run for which events.
+
+Handlers are keyed by a stable name (default ``module.qualname``). The name is stored on
+each :class:`~eventbus_app.models.Delivery`, so retries and replays survive restarts and
+refactors that keep it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .events import Event
+from .exceptions import HandlerRegistrationError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    name: str
+    func: Callable[[Any], Any]
+    event_cls: type[Event]
+    is_async: bool
+    max_attempts: int | None = None
+    retry_backoff: float | None = None
+    retry_backoff_max: float | None = None
+
+    @property
+    def location(self) -> str:
+        return f"{self.func.__module__}.{self.func.__qualname__}"
+
+
+_handlers: dict[str, HandlerSpec] = {}
+
+
+def handler(
+    event_cls: type[Event],
+    *,
+    name: str | None = None,
+    max_attempts: int | None = None,
+    retry_backoff: float | None = None,
+    retry_backoff_max: float | None = None,
+) -> Callable[[F], F]:
+    """Register the decorated function (sync or ``async def``) to run for ``event_cls``.
+
+    It also runs for subclasses of ``event_cls``. ``max_attempts``, ``retry_backoff`` and
+    ``retry_backoff_max`` override the ``EVENTBUS`` defaults for this handler.
+    """
+    if not (isinstance(event_cls, type) and issubclass(event_cls, Event)) or event_cls is Event:
+        raise HandlerRegistrationError(
+            f"@handler needs an Event subclass as its first argument, got {event_cls!r}"
+        )
+    if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
+        raise HandlerRegistrationError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
+    for label, value in (("retry_backoff", retry_backoff), ("retry_backoff_max", retry_backoff_max)):
+        if value is not None and (not isinstance(value, int | float) or value < 0):
+            raise HandlerRegistrationError(f"{label} must be a number >= 0, got {value!r}")
+
+    def decorate(func: F) -> F:
+        if not callable(func):
+            raise HandlerRegistrationError(f"@handler decorates a function, got {func!r}")
+        spec = HandlerSpec(
+            name=name or f"{func.__module__}.{func.__qualname__}",
+            func=func,
+            event_cls=event_cls,
+            is_async=inspect.iscoroutinefunction(func),
+            max_attempts=max_attempts,
+            retry_backoff=retry_backoff,
+            retry_backoff_max=retry_backoff_max,
+        )
+        if not spec.name or len(spec.name) > 255:
+            raise HandlerRegistrationError(f"handler name must be 1-255 characters: {spec.name!r}")
+        existing = _handlers.get(spec.name)
+        if existing is not None and existing.location != spec.location:
+            raise HandlerRegistrationError(
+                f"handler name {spec.name!r} is taken by {existing.location}; "
+                f"{spec.location} needs another name=..."
+            )
+        _handlers[spec.name] = spec  # a re-imported module replaces its own handler
+        return func
+
+    return decorate
+
+
+def get_handler(name: str) -> HandlerSpec | None:
+    return _handlers.get(name)
+
+
+def handlers_for(event_cls: type[Event]) -> list[HandlerSpec]:
+    """Handlers registered for ``event_cls`` or one of its Event base classes."""
+    return [spec for spec in _handlers.values() if issubclass(event_cls, spec.event_cls)]
+
+
+def all_handlers() -> dict[str, HandlerSpec]:
+    return dict(_handlers)
+
+
+def unregister(name: str) -> None:
+    _handlers.pop(name, None)

@@ -1,0 +1,91 @@
+"""The only module that talks to django-q2.
+
+Tasks carry a database alias and nothing else: django-q2 pickles task arguments, and our
+rows hold the truth. Task functions never raise, so django-q2's own re-delivery (``retry``,
+``ack_failures``, ``max_attempts``) never runs anything behind the dispatcher's back; and a
+task that is lost (the Redis broker drops a task when its worker dies) loses nothing,
+because the sweep schedule finds the work again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from django.db import DEFAULT_DB_ALIAS, DatabaseError
+
+from .conf import eventbus_settings
+
+logger = logging.getLogger(__name__)
+
+DISPATCH = "eventbus_app.tasks.dispatch"
+SWEEP = "eventbus_app.tasks.sweep"
+SCHEDULE_NAME = "eventbus_app.sweep"
+
+_broker: tuple[int, Any] | None = None
+
+
+def _get_broker() -> Any:
+    """One broker per process: django-q2 otherwise opens a connection per enqueue."""
+    global _broker
+    from django_q.brokers import get_broker
+
+    if _broker is None or _broker[0] != os.getpid():
+        _broker = (os.getpid(), get_broker())
+    return _broker[1]
+
+
+def nudge(using: str = DEFAULT_DB_ALIAS) -> bool:
+    """Ask a worker to dispatch now. Never raises: a lost nudge only waits for the sweep."""
+    global _broker
+    from django_q.tasks import async_task
+
+    try:
+        async_task(DISPATCH, using, save=False, broker=_get_broker(), task_name="eventbus dispatch")
+    except Exception:
+        _broker = None  # reconnect next time
+        logger.warning(
+            "Could not enqueue the eventbus dispatcher (broker down?); the outbox keeps the "
+            "events and the sweep schedule will dispatch them.",
+            exc_info=True,
+        )
+        return False
+    return True
+
+
+def dispatch(using: str = DEFAULT_DB_ALIAS) -> dict[str, Any]:
+    """django-q2 task: work until idle or ``DISPATCH_SECONDS``, then hand over."""
+    from . import dispatch as dispatcher
+
+    try:
+        counts = dispatcher.run(using, seconds=eventbus_settings.DISPATCH_SECONDS)
+    except Exception:  # never let django-q2 see a failure: it would re-deliver the task
+        logger.exception("eventbus dispatch on %r failed; the sweep will retry", using)
+        return {"error": True}
+    if counts.more:
+        nudge(using)
+    return counts.as_dict()
+
+
+def sweep() -> dict[str, Any]:
+    """Scheduled task: dispatch on every configured database (lost nudges, dead workers)."""
+    return {using: dispatch(using) for using in eventbus_settings.DATABASES}
+
+
+def ensure_schedule(using: str = DEFAULT_DB_ALIAS) -> None:
+    """Create or update the sweep schedule (idempotent; run after ``migrate``)."""
+    from django_q.models import Schedule
+
+    try:
+        Schedule.objects.using(using).update_or_create(
+            name=SCHEDULE_NAME,
+            defaults={
+                "func": SWEEP,
+                "schedule_type": Schedule.MINUTES,
+                "minutes": eventbus_settings.SWEEP_MINUTES,
+                "repeats": -1,
+            },
+        )
+    except DatabaseError:
+        logger.warning("Could not create the eventbus sweep schedule on %r", using, exc_info=True)

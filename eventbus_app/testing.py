@@ -1,0 +1,45 @@
+"""Helpers for projects testing code that emits events.
+
+``drain()`` runs the dispatcher in-process, so a test can emit, drain and assert on what
+the handlers did, inside Django's ``TestCase`` transaction or outside it::
+
+    from eventbus_app.testing import capture_events, drain
+
+    with capture_events() as events:
+        register_user(...)
+    assert [type(e) for e in events] == [UserRegistered]
+    drain()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from django.db import DEFAULT_DB_ALIAS
+
+from .events import Event
+from .signals import event_emitted
+
+
+def drain(using: str = DEFAULT_DB_ALIAS) -> dict[str, Any]:
+    """Fan out and deliver everything due on ``using``; returns the counts."""
+    from .dispatch import run
+
+    return run(using).as_dict()
+
+
+@contextmanager
+def capture_events() -> Iterator[list[Event]]:
+    """Collect every Event emitted inside the block (whether or not it commits)."""
+    captured: list[Event] = []
+
+    def receiver(sender: type[Event], *, event: Event, **kwargs: Any) -> None:
+        captured.append(event)
+
+    event_emitted.connect(receiver, weak=False)
+    try:
+        yield captured
+    finally:
+        event_emitted.disconnect(receiver)

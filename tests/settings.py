@@ -1,0 +1,123 @@
+"""Settings for the test suite.
+
+SQLite by default; ``EVENTBUS_TEST_DB=postgres`` switches to PostgreSQL on 127.0.0.1:5432
+(``EVENTBUS_PG_HOST``/``EVENTBUS_PG_PORT``/``EVENTBUS_PG_USER`` override). The test
+database is a file (SQLite) or a real database, so worker subprocesses started by tests can
+reach it: they get its name through ``EVENTBUS_DB_NAME``. ``EVENTBUS_TEST_SUFFIX`` keeps
+parallel runs on one machine apart (database names, django-q2 cluster and queue names).
+``EVENTBUS_TEST_BROKER=redis`` makes django-q2 use Redis on 127.0.0.1:6379.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+SUFFIX = os.environ.get("EVENTBUS_TEST_SUFFIX", "main")
+DB_KIND = os.environ.get("EVENTBUS_TEST_DB", "sqlite")
+BROKER = os.environ.get("EVENTBUS_TEST_BROKER", "orm")
+
+SECRET_KEY = "tests-only-not-secret"
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+ROOT_URLCONF = "tests.urls"
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_q",
+    "eventbus_app",
+    "tests.testapp",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+STATIC_URL = "/static/"
+
+if DB_KIND == "postgres":
+    _test_name = f"test_eventbus_{SUFFIX}"
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "HOST": os.environ.get("EVENTBUS_PG_HOST", "127.0.0.1"),
+            "PORT": os.environ.get("EVENTBUS_PG_PORT", "5432"),
+            "USER": os.environ.get("EVENTBUS_PG_USER", "postgres"),
+            "NAME": os.environ.get("EVENTBUS_DB_NAME", "postgres"),
+            "TEST": {"NAME": _test_name},
+        }
+    }
+else:
+    _test_name = os.path.join(tempfile.gettempdir(), f"eventbus_test_{SUFFIX}.sqlite3")
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("EVENTBUS_DB_NAME", _test_name),
+            "TEST": {"NAME": _test_name},
+            "OPTIONS": {
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 30,
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+        }
+    }
+
+Q_CLUSTER: dict[str, object] = {
+    "name": f"eventbus-test-{SUFFIX}",
+    "workers": 2,
+    "timeout": 30,
+    "retry": 60,
+    "max_attempts": 1,
+    "ack_failures": True,
+    "save_limit": -1,
+    "catch_up": False,
+    "poll": 0.05,
+    "guard_cycle": 0.5,
+    "daemonize_workers": False,
+}
+if BROKER == "redis":
+    Q_CLUSTER["redis"] = {"host": "127.0.0.1", "port": 6379, "db": 0}
+else:
+    Q_CLUSTER["orm"] = "default"
+
+EVENTBUS = {
+    "RETRY_BACKOFF": 0,
+    "LEASE_SECONDS": 60,
+    "DISPATCH_SECONDS": 5,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {
+        "django_q": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+    },
+}

@@ -1,0 +1,25 @@
+from django.db import models
+
+
+class Account(models.Model):
+    """A domain row written in the same transaction as an emit()."""
+
+    email = models.CharField(max_length=200)
+    name = models.CharField(max_length=200, blank=True, default="")
+
+    def __str__(self) -> str:
+        return self.email
+
+
+class Effect(models.Model):
+    """One row per handler invocation that committed: duplicates and losses are counted."""
+
+    handler = models.CharField(max_length=255)
+    event_id = models.BigIntegerField()
+    attempt = models.PositiveIntegerField(default=0)
+    idempotency_key = models.CharField(max_length=64, blank=True, default="")
+    pid = models.IntegerField(default=0)
+    note = models.CharField(max_length=255, blank=True, default="")
+
+    def __str__(self) -> str:
+        return f"{self.handler} #{self.event_id}"
