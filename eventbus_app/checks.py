@@ -156,10 +156,12 @@ def check_django_q(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
 
 
 @register(Tags.database)
-def check_sqlite(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[CheckMessage]:
+def check_sqlite(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
     messages: list[CheckMessage] = []
     for alias in eventbus_settings.DATABASES:
-        db = settings.DATABASES.get(alias, {})
+        db: dict[str, Any] = settings.DATABASES.get(alias, {})
         if "sqlite" not in db.get("ENGINE", ""):
             continue
         options = db.get("OPTIONS", {})

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
-import functools
 import math
 import re
 import types
@@ -34,11 +33,16 @@ class CodecError(ValueError):
         super().__init__(f"{path}: {problem}")
 
 
-@functools.cache
+_field_types: dict[type, dict[str, Any]] = {}
+
+
 def field_types(cls: type) -> dict[str, Any]:
     """Resolved annotations of a dataclass's fields (cached per class)."""
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    cached = _field_types.get(cls)
+    if cached is None:
+        hints = typing.get_type_hints(cls)
+        cached = _field_types[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    return cached
 
 
 def _check_str(value: str, path: str) -> str:
@@ -88,8 +92,10 @@ def check_annotation(tp: Any, path: str) -> None:
             raise CodecError(path, f"{_type_name(tp)} needs item types, e.g. list[int]")
         if origin is set:
             raise CodecError(path, "set is mutable; use frozenset[...] in a frozen event")
-        if origin is dict and args[0] not in (str, int, uuid.UUID) and not (
-            isinstance(args[0], type) and issubclass(args[0], enum.Enum)
+        if (
+            origin is dict
+            and args[0] not in (str, int, uuid.UUID)
+            and not (isinstance(args[0], type) and issubclass(args[0], enum.Enum))
         ):
             raise CodecError(path, f"dict keys must be str, int, UUID or Enum, not {args[0]!r}")
         for arg in args:
@@ -152,8 +158,9 @@ def encode(value: Any, tp: Any, path: str, depth: int = 0) -> Any:
             raise _wrong(path, value, tp)
         if value.utcoffset() is None:
             raise CodecError(
-                path, f"is a naive datetime {value.isoformat()!r}; use an aware one "
-                "(django.utils.timezone.now())"
+                path,
+                f"is a naive datetime {value.isoformat()!r}; use an aware one "
+                "(django.utils.timezone.now())",
             )
         return value.isoformat()
     if tp is dt.date:
@@ -188,7 +195,10 @@ def encode(value: Any, tp: Any, path: str, depth: int = 0) -> Any:
             return [encode(v, args[0], f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
         if len(value) != len(args):
             raise CodecError(path, f"expected a tuple of {len(args)} items, got {len(value)}")
-        return [encode(v, a, f"{path}[{i}]", depth + 1) for i, (v, a) in enumerate(zip(value, args))]
+        return [
+            encode(v, a, f"{path}[{i}]", depth + 1)
+            for i, (v, a) in enumerate(zip(value, args, strict=True))
+        ]
     if origin is dict:
         if not isinstance(value, dict):
             raise _wrong(path, value, tp)
@@ -240,8 +250,9 @@ def _encode_any(value: Any, path: str, depth: int) -> Any:
             out[_check_str(k, f"{path} key")] = _encode_any(v, f"{path}[{k!r}]", depth + 1)
         return out
     raise CodecError(
-        path, f"holds {type(value).__name__} {value!r:.60}, which is not a JSON value; "
-        "annotate the field with its type"
+        path,
+        f"holds {type(value).__name__} {value!r:.60}, which is not a JSON value; "
+        "annotate the field with its type",
     )
 
 
@@ -318,7 +329,8 @@ def decode(value: Any, tp: Any, path: str) -> Any:
         if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
             if len(value) != len(args):
                 raise CodecError(path, f"expected {len(args)} items, got {len(value)}")
-            return tuple(decode(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+            pairs = enumerate(zip(value, args, strict=True))
+            return tuple(decode(v, a, f"{path}[{i}]") for i, (v, a) in pairs)
         items = [decode(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)]
         return origin(items)
     if origin is dict:
@@ -357,8 +369,12 @@ def decode_fields(cls: type, data: dict[str, Any], path: str = "") -> Any:
     prefix = f"{path}." if path else ""
     unknown = set(data) - set(hints)
     if unknown:
-        raise CodecError(path or cls.__name__, f"has fields {sorted(unknown)} not in {cls.__name__}")
-    kwargs = {name: decode(data[name], tp, prefix + name) for name, tp in hints.items() if name in data}
+        raise CodecError(
+            path or cls.__name__, f"has fields {sorted(unknown)} not in {cls.__name__}"
+        )
+    kwargs = {
+        name: decode(data[name], tp, prefix + name) for name, tp in hints.items() if name in data
+    }
     try:
         return cls(**kwargs)
     except TypeError as exc:  # a required field is missing

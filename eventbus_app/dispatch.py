@@ -42,7 +42,6 @@ from .events import Event, event_class
 from .exceptions import (
     EventBusError,
     LeaseLost,
-    PayloadMismatch,
     PermanentError,
     UnknownEventType,
     UnknownHandler,
@@ -125,7 +124,7 @@ def fan_out(using: str = "default", limit: int | None = None) -> int:
         )
         if not events:
             return 0
-        deliveries = []
+        deliveries: list[Delivery] = []
         for pk, event_type in events:
             cls = event_class(event_type)
             names = [s.name for s in handlers_for(cls)] if cls is not None else [UNROUTABLE]
@@ -361,12 +360,22 @@ def deliver(using: str, token: uuid.UUID, deliveries: list[Delivery]) -> Counts:
             _send(signals.delivery_succeeded, delivery=d, handler=d.handler)
         elif outcome.status == Status.FAILED:
             counts.failed += 1
-            _send(signals.delivery_failed, delivery=d, handler=d.handler, error=outcome.error,
-                  attempt=d.attempts)
+            _send(
+                signals.delivery_failed,
+                delivery=d,
+                handler=d.handler,
+                error=outcome.error,
+                attempt=d.attempts,
+            )
         elif outcome.status == Status.DEAD:
             counts.dead += 1
-            _send(signals.delivery_dead, delivery=d, handler=d.handler, error=outcome.error,
-                  attempt=d.attempts)
+            _send(
+                signals.delivery_dead,
+                delivery=d,
+                handler=d.handler,
+                error=outcome.error,
+                attempt=d.attempts,
+            )
         else:
             counts.lease_lost += 1
     return counts

@@ -97,7 +97,7 @@ class Event:
         if version is not None and version != cls.version:
             payload = cls.upcast(dict(payload), version)
         try:
-            return codec.decode_fields(cls, payload)  # type: ignore[no-any-return]
+            return codec.decode_fields(cls, payload)
         except codec.CodecError as exc:
             raise PayloadMismatch(
                 f"Stored payload of {cls.event_type} v{version or cls.version} no longer fits "

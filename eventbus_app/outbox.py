@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from django.db import router, transaction
 
@@ -71,9 +71,7 @@ def emit(
         try:
             correlation_id = uuid.UUID(str(correlation_id))
         except ValueError:
-            raise EventBusError(
-                f"correlation_id must be a UUID, got {correlation_id!r}"
-            ) from None
+            raise EventBusError(f"correlation_id must be a UUID, got {correlation_id!r}") from None
 
     using = using or router.db_for_write(OutboxEvent)
     record = OutboxEvent.objects.using(using).create(

@@ -55,7 +55,10 @@ def handler(
         )
     if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
         raise HandlerRegistrationError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
-    for label, value in (("retry_backoff", retry_backoff), ("retry_backoff_max", retry_backoff_max)):
+    for label, value in (
+        ("retry_backoff", retry_backoff),
+        ("retry_backoff_max", retry_backoff_max),
+    ):
         if value is not None and (not isinstance(value, int | float) or value < 0):
             raise HandlerRegistrationError(f"{label} must be a number >= 0, got {value!r}")
 

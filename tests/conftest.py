@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -78,10 +79,8 @@ def spawn(worker_env: dict[str, str]) -> Iterator[Callable[..., subprocess.Popen
     yield start
     for proc in procs:
         if proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, 9)
-            except ProcessLookupError:
-                pass
         proc.wait(timeout=30)
         if proc.stdout:
             proc.stdout.close()
