@@ -115,6 +115,8 @@ def encode(value: Any, tp: Any, path: str, depth: int = 0) -> Any:
         if value is None and type(None) in typing.get_args(tp):
             return None
         members = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(members) == 1:  # Optional[X]: X's own error is the helpful one
+            return encode(value, members[0], path, depth)
         for member in members:
             try:
                 return encode(value, member, path, depth)

@@ -84,3 +84,23 @@ def spawn(worker_env: dict[str, str]) -> Iterator[Callable[..., subprocess.Popen
         proc.wait(timeout=30)
         if proc.stdout:
             proc.stdout.close()
+
+
+@pytest.fixture
+def register() -> Iterator[Callable[..., Callable[[Callable[..., Any]], Any]]]:
+    """``@register(EventCls, name=...)``: a handler that exists for this test only."""
+    from eventbus_app.registry import handler, unregister
+
+    names: list[str] = []
+
+    def decorator(event_cls: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
+        def wrap(func: Callable[..., Any]) -> Any:
+            kwargs.setdefault("name", f"test.{func.__name__}")
+            names.append(kwargs["name"])
+            return handler(event_cls, **kwargs)(func)
+
+        return wrap
+
+    yield decorator
+    for name in names:
+        unregister(name)

@@ -1,0 +1,197 @@
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import pytest
+from django.db import transaction
+from django.dispatch import receiver
+
+from eventbus_app import EventBusError, current_delivery, emit, signals
+from eventbus_app.models import Delivery, OutboxEvent
+from eventbus_app.outbox import _Nudge
+from eventbus_app.testing import capture_events, drain
+from tests.testapp.events import Chain, UserRegistered, Work
+from tests.testapp.models import Account, Effect
+
+pytestmark = pytest.mark.django_db
+
+
+def test_emit_returns_the_stored_row_in_the_callers_transaction() -> None:
+    with transaction.atomic():
+        account = Account.objects.create(email="a@example.com")
+        record = emit(UserRegistered(user_id=account.pk, email=account.email))
+        assert isinstance(record, OutboxEvent)
+        assert record.pk is not None
+    record.refresh_from_db()
+    assert record.event_type == "testapp.UserRegistered"
+    assert record.version == 1
+    assert record.payload == {"user_id": account.pk, "email": "a@example.com", "name": ""}
+    assert isinstance(record.correlation_id, uuid.UUID)
+    assert record.causation_id is None
+    assert record.depth == 0
+
+
+def test_rollback_leaves_no_row_and_no_handler_runs() -> None:
+    with pytest.raises(RuntimeError), transaction.atomic():
+        Account.objects.create(email="a@example.com")
+        emit(Work(key="gone"))
+        raise RuntimeError("domain write failed")
+    assert not OutboxEvent.objects.exists()
+    drain()
+    assert not Delivery.objects.exists()
+    assert not Effect.objects.exists()
+
+
+def test_savepoint_rollback_drops_only_its_event() -> None:
+    with transaction.atomic():
+        emit(Work(key="kept"))
+        try:
+            with transaction.atomic():
+                emit(Work(key="dropped"))
+                raise ValueError
+        except ValueError:
+            pass
+    assert [e.payload["key"] for e in OutboxEvent.objects.all()] == ["kept"]
+
+
+def test_emit_uses_the_given_correlation_id() -> None:
+    cid = uuid.uuid4()
+    assert emit(Work(key="a"), correlation_id=cid).correlation_id == cid
+    assert emit(Work(key="b"), correlation_id=str(cid)).correlation_id == cid
+    with pytest.raises(EventBusError, match="correlation_id must be a UUID"):
+        emit(Work(key="c"), correlation_id="nope")
+
+
+def test_emit_rejects_non_events() -> None:
+    with pytest.raises(EventBusError, match="takes an Event instance, got dict"):
+        emit({"user_id": 1})  # type: ignore[arg-type]
+
+
+def test_event_emitted_is_sent_inside_the_transaction() -> None:
+    seen: list[tuple[Any, Any, bool]] = []
+
+    @receiver(signals.event_emitted, sender=UserRegistered, weak=False)
+    def on_emit(sender: Any, *, event: Any, outbox_event: Any, using: str, **kw: Any) -> None:
+        seen.append((sender, event, transaction.get_connection(using).in_atomic_block))
+        Account.objects.create(email=f"audit-{event.user_id}")  # atomic with the emit
+
+    try:
+        with pytest.raises(RuntimeError), transaction.atomic():
+            emit(UserRegistered(user_id=7, email="x"))
+            assert Account.objects.filter(email="audit-7").exists()
+            raise RuntimeError
+        assert not Account.objects.filter(email="audit-7").exists()
+        assert seen[0][0] is UserRegistered
+        assert seen[0][1] == UserRegistered(user_id=7, email="x")
+        assert seen[0][2] is True
+    finally:
+        signals.event_emitted.disconnect(on_emit, sender=UserRegistered)
+
+
+def test_capture_events_collects_emitted_events() -> None:
+    with capture_events() as events:
+        emit(Work(key="a"))
+    assert events == [Work(key="a")]
+
+
+def test_one_nudge_per_transaction_after_commit(django_capture_on_commit_callbacks: Any) -> None:
+    with django_capture_on_commit_callbacks() as callbacks, transaction.atomic():
+        emit(Work(key="a"))
+        emit(Work(key="b"))
+        with transaction.atomic():
+            emit(Work(key="c"))
+    nudges = [c for c in callbacks if isinstance(c, _Nudge)]
+    assert len(nudges) == 1
+
+
+def test_sibling_savepoint_rollback_keeps_a_nudge(django_capture_on_commit_callbacks: Any) -> None:
+    with django_capture_on_commit_callbacks() as callbacks, transaction.atomic():
+        try:
+            with transaction.atomic():
+                emit(Work(key="rolled back"))
+                raise ValueError
+        except ValueError:
+            pass
+        with transaction.atomic():
+            emit(Work(key="kept"))
+    assert len([c for c in callbacks if isinstance(c, _Nudge)]) == 1
+
+
+def test_no_nudge_when_disabled(settings: Any, django_capture_on_commit_callbacks: Any) -> None:
+    settings.EVENTBUS = {**settings.EVENTBUS, "NUDGE": False}
+    with django_capture_on_commit_callbacks() as callbacks, transaction.atomic():
+        emit(Work(key="a"))
+    assert not [c for c in callbacks if isinstance(c, _Nudge)]
+
+
+def test_a_failing_nudge_is_logged_and_never_raises(
+    caplog: pytest.LogCaptureFixture, django_capture_on_commit_callbacks: Any
+) -> None:
+    """The broker is really down: a Redis broker pointed at a closed loopback port."""
+    import socket
+
+    from django_q.conf import Conf
+
+    from eventbus_app import tasks
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    saved = (Conf.ORM, Conf.REDIS, Conf.BROKER_CLASS, tasks._broker)
+    Conf.ORM, Conf.BROKER_CLASS = None, None
+    Conf.REDIS = {"host": "127.0.0.1", "port": closed_port, "socket_connect_timeout": 1}
+    tasks._broker = None
+    try:
+        with caplog.at_level(logging.WARNING, logger="eventbus_app.tasks"):
+            with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
+                record = emit(Work(key="kept"))
+            assert OutboxEvent.objects.filter(pk=record.pk).exists()
+        assert "Could not enqueue the eventbus dispatcher" in caplog.text
+    finally:
+        Conf.ORM, Conf.REDIS, Conf.BROKER_CLASS, tasks._broker = saved
+
+
+def test_nudge_enqueues_a_dispatch_task_with_the_orm_broker(
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    from django_q.models import OrmQ
+    from django_q.signing import SignedPackage
+
+    with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
+        emit(Work(key="a"))
+    [queued] = OrmQ.objects.all()
+    task = SignedPackage.loads(queued.payload)
+    assert task["func"] == "eventbus_app.tasks.dispatch"
+    assert task["args"] == ("default",)  # an alias, never a payload
+
+
+def test_chained_emit_records_causation_correlation_and_depth() -> None:
+    first = emit(Chain(n=2))
+    drain()
+    events = list(OutboxEvent.objects.order_by("id"))
+    assert [e.depth for e in events] == [0, 1, 2]
+    assert events[1].causation_id == first.pk
+    assert events[2].causation_id == events[1].pk
+    assert {e.correlation_id for e in events} == {first.correlation_id}
+    assert Effect.objects.filter(handler="testapp.chain").count() == 3
+
+
+def test_chain_beyond_max_depth_is_dead_lettered_at_once(settings: Any) -> None:
+    settings.EVENTBUS = {**settings.EVENTBUS, "MAX_CHAIN_DEPTH": 2, "MAX_ATTEMPTS": 5}
+    emit(Chain(n=10))
+    drain()
+    assert OutboxEvent.objects.count() == 3  # depths 0, 1, 2
+    dead = Delivery.objects.get(status=Delivery.Status.DEAD)
+    assert dead.event.depth == 2
+    assert dead.attempts == 1  # permanent: not retried
+    assert "ChainDepthExceeded" in dead.last_error
+    assert "MAX_CHAIN_DEPTH" in dead.last_error
+    assert "permanent" in dead.last_error
+    # The handler's own effects rolled back with the failure.
+    assert Effect.objects.filter(event_id=dead.event_id).count() == 0
+
+
+def test_outside_a_handler_there_is_no_delivery_context() -> None:
+    assert current_delivery() is None
