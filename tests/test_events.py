@@ -69,7 +69,11 @@ def test_two_classes_with_one_type_fail_at_import_naming_both() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
-    [({"event_type": ""}, "event_type"), ({"version": 0}, "version"), ({"version": "2"}, "version")],
+    [
+        ({"event_type": ""}, "event_type"),
+        ({"version": 0}, "version"),
+        ({"version": "2"}, "version"),
+    ],
 )
 def test_bad_class_keywords_are_rejected(kwargs: dict[str, Any], needle: str) -> None:
     with pytest.raises(EventDefinitionError, match=needle):
