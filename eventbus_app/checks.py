@@ -156,12 +156,14 @@ def check_django_q(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
 
 
 @register(Tags.database)
-def check_sqlite(
-    app_configs: Any = None, databases: Any = None, **kwargs: Any
-) -> list[CheckMessage]:
+def check_sqlite(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    return sqlite_messages(settings.DATABASES, eventbus_settings.DATABASES)
+
+
+def sqlite_messages(databases: dict[str, Any], aliases: Any) -> list[CheckMessage]:
     messages: list[CheckMessage] = []
-    for alias in eventbus_settings.DATABASES:
-        db: dict[str, Any] = settings.DATABASES.get(alias, {})
+    for alias in aliases:
+        db: dict[str, Any] = databases.get(alias, {})
         if "sqlite" not in db.get("ENGINE", ""):
             continue
         options = db.get("OPTIONS", {})

@@ -380,7 +380,7 @@ def test_handlers_registered_for_a_base_class_see_subclass_events(register: Any)
 def test_registry_rejects_duplicates_and_bad_arguments(register: Any) -> None:
     from eventbus_app import HandlerRegistrationError, handler
 
-    with pytest.raises(HandlerRegistrationError, match="'testapp.record' is taken"):
+    with pytest.raises(HandlerRegistrationError, match=r"'testapp\.record' is taken"):
 
         @handler(Work, name="testapp.record")
         def impostor(event: Work) -> None: ...

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.test import override_settings
+
+from eventbus_app.checks import check_django_q, check_settings, check_sqlite, sqlite_messages
+from eventbus_app.conf import OPTIONS, eventbus_settings
+
+
+def ids(messages: list[Any]) -> list[str]:
+    return [m.id for m in messages]
+
+
+def test_defaults_resolve_lazily_and_reset_on_setting_changed() -> None:
+    assert eventbus_settings.MAX_CHAIN_DEPTH == OPTIONS["MAX_CHAIN_DEPTH"].default
+    with override_settings(EVENTBUS={"MAX_CHAIN_DEPTH": 3}):
+        assert eventbus_settings.MAX_CHAIN_DEPTH == 3
+    assert eventbus_settings.MAX_CHAIN_DEPTH == OPTIONS["MAX_CHAIN_DEPTH"].default
+    with pytest.raises(AttributeError, match="Unknown EVENTBUS setting 'NOPE'"):
+        _ = eventbus_settings.NOPE
+
+
+def test_every_documented_key_exists() -> None:
+    for key in (
+        "MAX_ATTEMPTS",
+        "RETRY_BACKOFF",
+        "RETRY_BACKOFF_MAX",
+        "LEASE_SECONDS",
+        "MAX_CHAIN_DEPTH",
+        "MAX_PAYLOAD_BYTES",
+        "REDACT_FIELDS",
+    ):
+        assert key in OPTIONS
+
+
+@pytest.mark.parametrize(
+    ("value", "expected", "needle"),
+    [
+        ({"MAX_ATEMPTS": 3}, "eventbus_app.E002", "'MAX_ATEMPTS'"),
+        ({"MAX_ATTEMPTS": "3"}, "eventbus_app.E003", "EVENTBUS['MAX_ATTEMPTS'] must be int"),
+        ({"MAX_ATTEMPTS": True}, "eventbus_app.E003", "MAX_ATTEMPTS"),
+        ({"LEASE_SECONDS": 0}, "eventbus_app.E004", "LEASE_SECONDS"),
+        ({"REDACT_FIELDS": "email"}, "eventbus_app.E003", "REDACT_FIELDS"),
+        ({"REDACT_FIELDS": ["email", 3]}, "eventbus_app.E003", "REDACT_FIELDS"),
+        ({"DATABASES": ["nope"]}, "eventbus_app.E005", "'nope'"),
+        ("not a dict", "eventbus_app.E001", "EVENTBUS must be a dict"),
+    ],
+)
+def test_bad_settings_are_check_errors_that_name_the_key(
+    value: Any, expected: str, needle: str
+) -> None:
+    with override_settings(EVENTBUS=value):
+        messages = check_settings()
+    assert ids(messages) == [expected]
+    assert needle in messages[0].msg
+
+
+def test_valid_settings_pass() -> None:
+    with override_settings(EVENTBUS={"LEASE_SECONDS": 1, "RETRY_BACKOFF": 0.5}):
+        assert check_settings() == []
+
+
+def test_a_bad_setting_fails_manage_py_check() -> None:
+    from django.core.management.base import SystemCheckError
+
+    with override_settings(EVENTBUS={"BATCH_SIZ": 5}), pytest.raises(SystemCheckError):
+        call_command("check")
+
+
+@pytest.mark.parametrize(
+    ("q_cluster", "expected"),
+    [
+        ({"orm": "default", "timeout": 30, "retry": 60}, []),
+        ({"orm": "default", "timeout": 60, "retry": 60}, ["eventbus_app.E011"]),
+        ({"orm": "default", "retry": 60}, ["eventbus_app.W012"]),
+        ({"orm": "default", "timeout": 30, "retry": 60, "sync": True}, ["eventbus_app.W011"]),
+        ({"orm": "default", "timeout": 400, "retry": 900}, ["eventbus_app.W013"]),
+        ({"orm": "default", "timeout": 5, "retry": 60}, ["eventbus_app.W014"]),
+        ({"orm": "default", "timeout": 30, "retry": 60, "save_limit": 0}, ["eventbus_app.W015"]),
+        ({"redis": {}, "timeout": 100, "retry": 60}, []),  # no ORM re-delivery with Redis
+    ],
+)
+def test_dangerous_django_q_settings_are_flagged(q_cluster: Any, expected: list[str]) -> None:
+    with override_settings(Q_CLUSTER=q_cluster, EVENTBUS={"LEASE_SECONDS": 300}):
+        assert ids(check_django_q()) == expected
+
+
+def test_missing_django_q_is_an_error(settings: Any) -> None:
+    settings.INSTALLED_APPS = [a for a in settings.INSTALLED_APPS if a != "django_q"]
+    assert ids(check_django_q()) == ["eventbus_app.E010"]
+
+
+def test_sqlite_without_immediate_transactions_warns() -> None:
+    db = {"ENGINE": "django.db.backends.sqlite3", "NAME": "x", "OPTIONS": {}}
+    assert ids(sqlite_messages({"default": db}, ["default"])) == ["eventbus_app.W020"]
+    db["OPTIONS"] = {"transaction_mode": "IMMEDIATE"}
+    assert sqlite_messages({"default": db}, ["default"]) == []
+    assert check_sqlite() == []  # the test settings follow the README
+
+
+@pytest.mark.django_db
+def test_migrations_are_up_to_date() -> None:
+    call_command("makemigrations", "--check", "--dry-run", verbosity=0)
