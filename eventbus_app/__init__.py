@@ -23,7 +23,7 @@ from .exceptions import (
     UnknownEventType,
     UnknownHandler,
 )
-from .outbox import emit
+from .outbox import aemit, emit
 from .registry import handler
 
 try:
@@ -45,6 +45,7 @@ __all__ = [
     "UnknownEventType",
     "UnknownHandler",
     "__version__",
+    "aemit",
     "current_delivery",
     "emit",
     "handler",

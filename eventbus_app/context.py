@@ -41,3 +41,10 @@ _current: contextvars.ContextVar[DeliveryContext | None] = contextvars.ContextVa
 def current_delivery() -> DeliveryContext | None:
     """The running handler's delivery, or ``None`` outside a handler."""
     return _current.get()
+
+
+# Errors a handler must not swallow (a chain stopped at MAX_CHAIN_DEPTH): emit() records
+# them here, and the dispatcher fails the delivery even if the handler caught the exception.
+_stopped: contextvars.ContextVar[list[Exception] | None] = contextvars.ContextVar(
+    "eventbus_stopped", default=None
+)

@@ -37,7 +37,7 @@ from django.db.models.functions import Now
 
 from . import signals
 from .conf import eventbus_settings
-from .context import DeliveryContext, _current
+from .context import DeliveryContext, _current, _stopped
 from .events import Event, event_class
 from .exceptions import (
     EventBusError,
@@ -322,14 +322,19 @@ def _deliver_one(
             using=using,
         )
         reset = _current.set(ctx)
+        stopped: list[Exception] = []
+        reset_stopped = _stopped.set(stopped)
         try:
             with transaction.atomic(using=using):
                 if spec.is_async:
                     async_to_sync(spec.func)(event)
                 else:
                     spec.func(event)
+                if stopped:  # the handler caught ChainDepthExceeded: it still stops here
+                    raise stopped[0]
                 _mark_succeeded(delivery, token, using)
         finally:
+            _stopped.reset(reset_stopped)
             _current.reset(reset)
     except LeaseLost as exc:
         logger.warning("%s", exc)

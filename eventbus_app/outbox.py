@@ -9,7 +9,7 @@ from django.db import router, transaction
 
 from . import signals
 from .conf import eventbus_settings
-from .context import current_delivery
+from .context import _stopped, current_delivery
 from .events import Event, payload_size
 from .exceptions import ChainDepthExceeded, EventBusError, PayloadError
 
@@ -59,12 +59,16 @@ def emit(
             using = parent.using
         max_depth = eventbus_settings.MAX_CHAIN_DEPTH
         if depth > max_depth:
-            raise ChainDepthExceeded(
+            error = ChainDepthExceeded(
                 f"Handler {parent.handler} emitted {event.event_type} at chain depth {depth}, "
                 f"beyond EVENTBUS['MAX_CHAIN_DEPTH'] = {max_depth} (correlation "
                 f"{parent.correlation_id}). Handlers emitting events from events form a loop "
                 "or a storm here; the chain is stopped."
             )
+            stopped = _stopped.get()
+            if stopped is not None:
+                stopped.append(error)
+            raise error
     if correlation_id is None:
         correlation_id = uuid.uuid4()
     elif not isinstance(correlation_id, uuid.UUID):
@@ -87,6 +91,18 @@ def emit(
     if parent is None and eventbus_settings.NUDGE:
         _nudge_on_commit(using)
     return record
+
+
+async def aemit(
+    event: Event,
+    *,
+    using: str | None = None,
+    correlation_id: uuid.UUID | str | None = None,
+) -> OutboxEvent:
+    """``emit()`` for ``async def`` code (async views and handlers)."""
+    from asgiref.sync import sync_to_async
+
+    return await sync_to_async(emit)(event, using=using, correlation_id=correlation_id)
 
 
 class _Nudge:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from typing import Any
@@ -195,3 +196,45 @@ def test_chain_beyond_max_depth_is_dead_lettered_at_once(settings: Any) -> None:
 
 def test_outside_a_handler_there_is_no_delivery_context() -> None:
     assert current_delivery() is None
+
+
+def test_aemit_chains_from_an_async_handler(register: Any) -> None:
+    from eventbus_app import Event, aemit
+
+    class Start(Event, event_type="t.Start"):
+        n: int
+
+    class Next(Event, event_type="t.Next"):
+        n: int
+
+    @register(Start, name="t.start_async")
+    async def start(event: Start) -> None:
+        await aemit(Next(n=event.n + 1))
+
+    first = emit(Start(n=1))
+    drain()
+    child = OutboxEvent.objects.get(event_type="t.Next")
+    assert child.causation_id == first.pk
+    assert child.correlation_id == first.correlation_id
+    assert child.payload == {"n": 2}
+
+
+def test_a_handler_cannot_swallow_the_chain_depth_error(register: Any, settings: Any) -> None:
+    from eventbus_app import ChainDepthExceeded, Event
+
+    settings.EVENTBUS = {**settings.EVENTBUS, "MAX_CHAIN_DEPTH": 1}
+
+    class Loop(Event, event_type="t.Loop"):
+        n: int
+
+    @register(Loop, name="t.loop_swallowing")
+    def loop(event: Loop) -> None:
+        with contextlib.suppress(ChainDepthExceeded):  # a careless handler
+            emit(Loop(n=event.n + 1))
+
+    emit(Loop(n=0))
+    drain()
+    assert OutboxEvent.objects.filter(event_type="t.Loop").count() == 2
+    dead = Delivery.objects.get(status=Delivery.Status.DEAD)
+    assert dead.event.depth == 1
+    assert "ChainDepthExceeded" in dead.last_error
