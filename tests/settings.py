@@ -90,15 +90,12 @@ else:
     }
 
 # A second database: emit() and the dispatcher work on the caller's alias.
-DATABASES["other"] = {
-    **DATABASES["default"],
-    "NAME": DATABASES["default"]["NAME"] + "_other"
-    if DB_KIND != "postgres"
-    else DATABASES["default"]["NAME"],
-    "TEST": {"NAME": _test_name.replace("eventbus_test_", "eventbus_test_other_")}
-    if DB_KIND != "postgres"
-    else {"NAME": f"{_test_name}_other"},
-}
+DATABASES["other"] = dict(DATABASES["default"])
+if DB_KIND == "postgres":
+    DATABASES["other"]["TEST"] = {"NAME": f"{_test_name}_other"}
+else:
+    _other = os.path.join(tempfile.gettempdir(), f"eventbus_test_other_{SUFFIX}.sqlite3")
+    DATABASES["other"].update(NAME=_other, TEST={"NAME": _other})
 
 Q_CLUSTER: dict[str, object] = {
     "name": f"eventbus-test-{SUFFIX}",
