@@ -26,7 +26,7 @@ import traceback as tb
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -69,11 +69,20 @@ class Counts:
     failed: int = 0
     dead: int = 0
     lease_lost: int = 0
+    released: int = 0
     errors: int = 0
     more: bool = False  # stopped by the time budget with work still due
 
     def add(self, other: Counts) -> None:
-        for name in ("fanned_out", "delivered", "failed", "dead", "lease_lost", "errors"):
+        for name in (
+            "fanned_out",
+            "delivered",
+            "failed",
+            "dead",
+            "lease_lost",
+            "released",
+            "errors",
+        ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def as_dict(self) -> dict[str, Any]:
@@ -85,7 +94,6 @@ class _Outcome:
     delivery: Delivery
     status: str
     error: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def backoff_seconds(attempt: int, spec: HandlerSpec | None = None) -> float:
@@ -349,15 +357,71 @@ def _deliver_one(
     return _Outcome(delivery, Status.SUCCEEDED)
 
 
-def deliver(using: str, token: uuid.UUID, deliveries: list[Delivery]) -> Counts:
-    """Run a claimed batch; returns what happened. Signals are sent after commit."""
+# A batch transaction commits after this long even if the batch is not done, so slow
+# handlers do not hold locks for long and a crash loses little finished work.
+CHUNK_SECONDS = 1.0
+# Stop starting deliveries once this share of the lease is used up: a batch never outlives
+# its lease (which would let another worker run the same deliveries).
+LEASE_SHARE = 0.8
+
+
+def deliver(
+    using: str,
+    token: uuid.UUID,
+    deliveries: list[Delivery],
+    *,
+    claimed_at: float | None = None,
+) -> Counts:
+    """Run a claimed batch; returns what happened. Signals are sent after each commit.
+
+    ``claimed_at`` is the ``time.monotonic()`` of the claim (default: now).
+    """
     counts = Counts()
-    outcomes: list[_Outcome] = []
     cache: dict[int, Event] = {}
-    outer = transaction.atomic(using=using) if _batch_transactions(using) else nullcontext()
-    with outer:
-        for delivery in deliveries:
-            outcomes.append(_deliver_one(delivery, token, using, cache))
+    started = time.monotonic() if claimed_at is None else claimed_at
+    lease_budget = eventbus_settings.LEASE_SECONDS * LEASE_SHARE
+    batched = _batch_transactions(using)
+    remaining = list(reversed(deliveries))
+    while remaining:
+        outcomes: list[_Outcome] = []
+        chunk_started = time.monotonic()
+        with transaction.atomic(using=using) if batched else nullcontext():
+            while remaining:
+                now = time.monotonic()
+                if now - started > lease_budget:
+                    break
+                if batched and outcomes and now - chunk_started > CHUNK_SECONDS:
+                    break
+                outcomes.append(_deliver_one(remaining.pop(), token, using, cache))
+        _count_and_signal(outcomes, counts)
+        if remaining and time.monotonic() - started > lease_budget:
+            counts.released += release(using, token, remaining)
+            break
+    return counts
+
+
+def release(using: str, token: uuid.UUID, deliveries: list[Delivery]) -> int:
+    """Give back claimed deliveries this worker will not run (they were not attempted)."""
+    released = (
+        Delivery.objects.using(using)
+        .filter(pk__in=[d.pk for d in deliveries], lease_token=token)
+        .update(
+            status=Status.PENDING,
+            lease_token=None,
+            next_attempt_at=Now(),
+            attempts=F("attempts") - 1,
+        )
+    )
+    logger.warning(
+        "Released %s claimed deliveries unrun: the batch used %.0f%% of its %ss lease",
+        released,
+        LEASE_SHARE * 100,
+        eventbus_settings.LEASE_SECONDS,
+    )
+    return released
+
+
+def _count_and_signal(outcomes: list[_Outcome], counts: Counts) -> None:
     for outcome in outcomes:
         d = outcome.delivery
         if outcome.status == Status.SUCCEEDED:
@@ -383,7 +447,6 @@ def deliver(using: str, token: uuid.UUID, deliveries: list[Delivery]) -> Counts:
             )
         else:
             counts.lease_lost += 1
-    return counts
 
 
 def _send(signal: Any, **kwargs: Any) -> None:
@@ -413,9 +476,10 @@ def run_once(using: str = "default") -> Counts:
     """One fan-out batch and one delivery batch."""
     counts = Counts()
     counts.fanned_out = fan_out(using)
+    claimed_at = time.monotonic()
     token, claimed = claim(using)
     if claimed:
-        counts.add(deliver(using, token, claimed))
+        counts.add(deliver(using, token, claimed, claimed_at=claimed_at))
     counts.more = bool(counts.fanned_out or claimed)
     return counts
 

@@ -424,3 +424,72 @@ def test_now_is_the_database_clock() -> None:
     db_now = OutboxEvent.objects.annotate(now=Now()).values_list("now", flat=True).first()
     assert db_now is not None
     assert abs((db_now - timezone.now()).total_seconds()) < 5
+
+
+def test_a_batch_never_outlives_its_lease(settings: Any, register: Any) -> None:
+    """Deliveries the batch cannot start within its lease are given back, unrun."""
+    settings.EVENTBUS = {**settings.EVENTBUS, "LEASE_SECONDS": 1}
+
+    class Slow(Event, event_type="t.Slow"):
+        n: int
+
+    ran: list[int] = []
+
+    @register(Slow, name="t.slow")
+    def slow(event: Slow) -> None:
+        import time
+
+        time.sleep(0.3)
+        ran.append(event.n)
+
+    for n in range(6):
+        emit(Slow(n=n))
+    fan_out()
+    token, claimed = claim()
+    counts = deliver("default", token, claimed)
+    assert 2 <= counts.delivered <= 4
+    assert counts.released == 6 - counts.delivered
+    waiting = Delivery.objects.filter(status=Status.PENDING)
+    assert waiting.count() == counts.released
+    assert all(d.attempts == 0 and d.lease_token is None for d in waiting)
+    drain()
+    assert sorted(ran) == list(range(6))  # each ran exactly once
+
+
+@pytest.mark.django_db(transaction=True)
+def test_slow_batches_commit_in_chunks(register: Any) -> None:
+    """Finished deliveries are committed about every second, not only at batch end."""
+    from django.db import connections
+
+    import eventbus_app.dispatch as dispatch
+
+    class Tick(Event, event_type="t.Tick"):
+        n: int
+
+    observer = connections.create_connection("default")  # sees only committed rows
+    seen_committed: list[int] = []
+
+    @register(Tick, name="t.tick")
+    def tick(event: Tick) -> None:
+        import time
+
+        with observer.cursor() as cursor:
+            cursor.execute(
+                "SELECT COUNT(*) FROM eventbus_app_delivery WHERE handler = %s AND status = %s",
+                ["t.tick", "succeeded"],
+            )
+            seen_committed.append(cursor.fetchone()[0])
+        time.sleep(0.15)
+
+    saved = dispatch.CHUNK_SECONDS
+    dispatch.CHUNK_SECONDS = 0.2
+    try:
+        for n in range(6):
+            emit(Tick(n=n))
+        drain()
+    finally:
+        dispatch.CHUNK_SECONDS = saved
+        observer.close()
+    assert Delivery.objects.filter(handler="t.tick", status=Status.SUCCEEDED).count() == 6
+    assert seen_committed[0] == 0
+    assert 2 <= seen_committed[-1] <= 5
