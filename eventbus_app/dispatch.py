@@ -427,24 +427,14 @@ def _count_and_signal(outcomes: list[_Outcome], counts: Counts) -> None:
         if outcome.status == Status.SUCCEEDED:
             counts.delivered += 1
             _send(signals.delivery_succeeded, delivery=d, handler=d.handler)
-        elif outcome.status == Status.FAILED:
-            counts.failed += 1
-            _send(
-                signals.delivery_failed,
-                delivery=d,
-                handler=d.handler,
-                error=outcome.error,
-                attempt=d.attempts,
-            )
-        elif outcome.status == Status.DEAD:
-            counts.dead += 1
-            _send(
-                signals.delivery_dead,
-                delivery=d,
-                handler=d.handler,
-                error=outcome.error,
-                attempt=d.attempts,
-            )
+        elif outcome.status in (Status.FAILED, Status.DEAD):
+            dead = outcome.status == Status.DEAD
+            if dead:
+                counts.dead += 1
+            else:
+                counts.failed += 1
+            signal = signals.delivery_dead if dead else signals.delivery_failed
+            _send(signal, delivery=d, handler=d.handler, error=outcome.error, attempt=d.attempts)
         else:
             counts.lease_lost += 1
 
