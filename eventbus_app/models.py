@@ -225,3 +225,43 @@ class OperatorAction(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} by {self.actor} at {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
+class RetryCampaign(models.Model):
+    """A canary retry of one failure group: one dead letter first, then the rest at a rate,
+    stopping at the first new failure."""
+
+    class State(models.TextChoices):
+        CANARY = "canary", _("canary running")
+        RELEASING = "releasing", _("releasing the rest")
+        DONE = "done", _("done")
+        STOPPED = "stopped", _("stopped by a new failure")
+        CANCELLED = "cancelled", _("cancelled")
+
+    id = models.BigAutoField(primary_key=True)
+    handler = models.CharField(_("handler"), max_length=255)
+    error_class = models.CharField(_("exception class"), max_length=255, blank=True)
+    rate = models.FloatField(_("rate per second"), help_text=_("Dead letters retried per second."))
+    state = models.CharField(_("state"), max_length=16, choices=State.choices, default=State.CANARY)
+    canary = models.ForeignKey(
+        Delivery, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    total = models.PositiveIntegerField(_("dead letters in the group"), default=0)
+    released = models.PositiveIntegerField(_("retried so far"), default=0)
+    last_release_at = models.DateTimeField(null=True, blank=True)
+    stopped_reason = models.TextField(_("why it stopped"), blank=True, default="")
+    created_by = models.CharField(_("started by"), max_length=150)
+    created_at = models.DateTimeField(_("started at"), default=timezone.now)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("canary retry")
+        verbose_name_plural = _("canary retries")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"canary retry of {self.handler} / {self.error_class or '-'} ({self.state})"
+
+    @property
+    def active(self) -> bool:
+        return self.state in (self.State.CANARY, self.State.RELEASING)

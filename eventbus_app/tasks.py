@@ -69,8 +69,50 @@ def dispatch(using: str = DEFAULT_DB_ALIAS) -> dict[str, Any]:
 
 
 def sweep() -> dict[str, Any]:
-    """Scheduled task: dispatch on every configured database (lost nudges, dead workers)."""
-    return {using: dispatch(using) for using in eventbus_settings.DATABASES}
+    """Scheduled task: dispatch on every configured database (lost nudges, dead workers),
+    and advance canary retries whose task was lost."""
+    from .operations import active_campaigns
+
+    results: dict[str, Any] = {}
+    for using in eventbus_settings.DATABASES:
+        results[using] = dispatch(using)
+        try:
+            for campaign_id in active_campaigns(using).values_list("pk", flat=True):
+                campaign(campaign_id, using)
+        except DatabaseError:
+            logger.exception("Could not advance canary retries on %r", using)
+    return results
+
+
+CAMPAIGN = "eventbus_app.tasks.campaign"
+
+
+def run_campaign_soon(campaign_id: int, using: str = DEFAULT_DB_ALIAS) -> None:
+    """Enqueue the task that drives a canary retry (never raises; the sweep also drives it)."""
+    from django_q.tasks import async_task
+
+    try:
+        async_task(CAMPAIGN, campaign_id, using, save=False, broker=_get_broker())
+    except Exception:
+        logger.warning(
+            "Could not enqueue canary retry #%s; the sweep will advance it",
+            campaign_id,
+            exc_info=True,
+        )
+
+
+def campaign(campaign_id: int, using: str = DEFAULT_DB_ALIAS) -> bool:
+    """django-q2 task: advance a canary retry for a while, then hand over to a new task."""
+    from .operations import run_campaign
+
+    try:
+        running = run_campaign(campaign_id, using, seconds=eventbus_settings.DISPATCH_SECONDS)
+    except Exception:
+        logger.exception("Canary retry #%s failed to advance; the sweep will retry", campaign_id)
+        return False
+    if running:
+        run_campaign_soon(campaign_id, using)
+    return running
 
 
 def ensure_schedule(using: str = DEFAULT_DB_ALIAS) -> None:
