@@ -6,6 +6,7 @@ background) and leave an ``OperatorAction`` audit record naming who did it.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -237,8 +238,8 @@ def start_canary(
 ) -> RetryCampaign:
     """Retry one dead letter of the group; the rest follow at ``rate`` per second once it
     succeeds, stopping at the first new failure. Advanced by ``advance_campaign``."""
-    if rate <= 0:
-        raise ValueError(f"rate must be > 0 per second, got {rate!r}")
+    if not (math.isfinite(rate) and rate > 0):  # nan and inf would wedge the campaign
+        raise ValueError(f"rate must be a number > 0 per second, got {rate!r}")
     with transaction.atomic(using=using):
         members = group_members(handler, error_class, using).order_by("finished_at", "pk")
         first = members.first()
