@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
-from django.db import router, transaction
+from django.db import connections, router, transaction
+from django.utils import timezone
 
 from . import signals
 from .conf import eventbus_settings
@@ -14,6 +16,8 @@ from .events import Event, payload_size
 from .exceptions import ChainDepthExceeded, EventBusError, PayloadError
 
 if TYPE_CHECKING:
+    from django.db.models import Field
+
     from .models import OutboxEvent
 
 
@@ -78,18 +82,69 @@ def emit(
             raise EventBusError(f"correlation_id must be a UUID, got {correlation_id!r}") from None
 
     using = using or router.db_for_write(OutboxEvent)
-    record = OutboxEvent.objects.using(using).create(
-        event_type=event.event_type,
-        version=event.version,
-        payload=payload,
-        correlation_id=correlation_id,
-        causation_id=causation_id,
-        depth=depth,
-    )
-    signals.event_emitted.send(sender=type(event), event=event, outbox_event=record, using=using)
-    # A dispatcher running this handler keeps going until idle, so it needs no nudge.
-    if parent is None and eventbus_settings.NUDGE:
-        _nudge_on_commit(using)
+    # No savepoint: if anything below fails, the caller's transaction must roll back
+    # whole (the event row is already written); in autocommit this is the transaction.
+    with transaction.atomic(using=using, savepoint=False):
+        record = _insert(
+            using,
+            event_type=event.event_type,
+            version=event.version,
+            payload=payload,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            depth=depth,
+        )
+        signals.event_emitted.send(
+            sender=type(event), event=event, outbox_event=record, using=using
+        )
+        # A dispatcher running this handler keeps going until idle, so it needs no nudge.
+        if parent is None and eventbus_settings.NUDGE:
+            _nudge(using)
+    return record
+
+
+_INSERT_SQL: dict[str, str] = {}
+_COLUMNS = (
+    "event_type",
+    "version",
+    "payload",
+    "correlation_id",
+    "causation",
+    "depth",
+    "created_at",
+)
+
+
+def _insert(using: str, **values: Any) -> OutboxEvent:
+    """One INSERT … RETURNING id, with the ORM's own value adaptation but not its overhead
+    (emit() is on the request path; the model's save() machinery costs more than the SQL)."""
+    from .models import OutboxEvent
+
+    connection = connections[using]
+    values["created_at"] = timezone.now()
+    fields = [cast("Field[Any, Any]", OutboxEvent._meta.get_field(n)) for n in _COLUMNS]
+    sql = _INSERT_SQL.get(connection.vendor)
+    if sql is None:
+        qn = connection.ops.quote_name
+        jsonb = connection.vendor == "postgresql"
+        placeholders = ["%s::jsonb" if jsonb and f.name == "payload" else "%s" for f in fields]
+        sql = _INSERT_SQL[connection.vendor] = (
+            f"INSERT INTO {qn(OutboxEvent._meta.db_table)} "
+            f"({', '.join(qn(str(f.column)) for f in fields)}) "
+            f"VALUES ({', '.join(placeholders)}) RETURNING {qn('id')}"
+        )
+    params = [
+        json.dumps(values["payload"], ensure_ascii=False)
+        if field.name == "payload"
+        else field.get_db_prep_save(values[str(field.attname)], connection)
+        for field in fields
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    record = OutboxEvent(id=row[0], **values)
+    record._state.adding = False
+    record._state.db = using
     return record
 
 
@@ -106,18 +161,26 @@ async def aemit(
 
 
 class _Nudge:
-    """The on-commit callback; one per transaction however many events it emits."""
+    """The on-commit callback; one per transaction however many events it emits.
 
-    def __init__(self, using: str) -> None:
+    With ``enqueued`` set, the dispatch task was already written inside the transaction
+    (django-q2's ORM broker on the same database): then it only marks the transaction.
+    """
+
+    def __init__(self, using: str, enqueued: bool = False) -> None:
         self.using = using
+        self.enqueued = enqueued
 
     def __call__(self) -> None:
-        from .tasks import nudge
+        if not self.enqueued:
+            from .tasks import nudge
 
-        nudge(self.using)
+            nudge(self.using)
 
 
-def _nudge_on_commit(using: str) -> None:
+def _nudge(using: str) -> None:
+    from .tasks import enqueue_in_transaction
+
     connection = transaction.get_connection(using)
     # A nudge registered in this block or an enclosing one commits with this event (Django
     # drops the callbacks of rolled-back savepoints); one in a sibling savepoint may not.
@@ -125,4 +188,5 @@ def _nudge_on_commit(using: str) -> None:
     for sids, func, _robust in connection.run_on_commit:
         if isinstance(func, _Nudge) and func.using == using and set(sids) <= open_savepoints:
             return
-    transaction.on_commit(_Nudge(using), using=using, robust=True)
+    enqueued = enqueue_in_transaction(using)
+    transaction.on_commit(_Nudge(using, enqueued), using=using, robust=True)

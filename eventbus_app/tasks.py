@@ -54,6 +54,20 @@ def nudge(using: str = DEFAULT_DB_ALIAS) -> bool:
     return True
 
 
+def enqueue_in_transaction(using: str) -> bool:
+    """With django-q2's ORM broker on the emitting database, write the dispatch task in the
+    emitting transaction: it commits (or rolls back) with the events, costs one INSERT, and
+    no commit-time work is left. Returns False where that does not apply."""
+    from django_q.conf import Conf
+
+    if Conf.ORM != using or Conf.SYNC or Conf.BROKER_CLASS:
+        return False
+    from django_q.tasks import async_task
+
+    async_task(DISPATCH, using, save=False, broker=_get_broker(), task_name="eventbus dispatch")
+    return True
+
+
 def dispatch(using: str = DEFAULT_DB_ALIAS) -> dict[str, Any]:
     """django-q2 task: work until idle or ``DISPATCH_SECONDS``, then hand over."""
     from . import dispatch as dispatcher

@@ -104,3 +104,16 @@ def register() -> Iterator[Callable[..., Callable[[Callable[..., Any]], Any]]]:
     yield decorator
     for name in names:
         unregister(name)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_registries() -> Iterator[None]:
+    """Event classes and handlers declared inside a test vanish after it."""
+    from eventbus_app import events, registry
+
+    types, handlers = dict(events._types), dict(registry._handlers)
+    yield
+    events._types.clear()
+    events._types.update(types)
+    registry._handlers.clear()
+    registry._handlers.update(handlers)
