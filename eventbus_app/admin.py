@@ -7,9 +7,11 @@ replay, pause, canary) goes through ``operations.py``, needs the ``retry_deliver
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
@@ -35,13 +37,14 @@ from .models import (
     OutboxEvent,
     RetryCampaign,
 )
-from .redaction import pretty, preview
+from .redaction import pretty, preview, redact
 from .registry import all_handlers
 
 Status = Delivery.Status
 RETRY_PERM = "eventbus_app.retry_delivery"
 REPLAY_PERM = "eventbus_app.replay_event"
 TREE_LIMIT = 200
+SEARCH_SCAN_LIMIT = 5000  # payload-text search looks at the newest this many matches
 
 
 def _actor(request: HttpRequest) -> str:
@@ -170,7 +173,20 @@ class OutboxEventAdmin(AuditRecordAdmin):
             return queryset.filter(correlation_id=uuid.UUID(term)), False
         except ValueError:
             pass
-        return queryset.filter(Q(event_type__icontains=term) | Q(payload__icontains=term)), False
+        by_type = Q(event_type__icontains=term)
+        # The database matches the raw payload; keep only events whose *redacted* payload
+        # matches, so a search cannot confirm a masked value ("password" = "hunter2").
+        needle = term.lower()
+        shown = [
+            pk
+            for pk, payload in OutboxEvent.objects.using(queryset.db)
+            .filter(payload__icontains=term)
+            .exclude(by_type)
+            .order_by("-pk")
+            .values_list("pk", "payload")[:SEARCH_SCAN_LIMIT]
+            if needle in json.dumps(redact(payload), ensure_ascii=False).lower()
+        ]
+        return queryset.filter(by_type | Q(pk__in=shown)), False
 
     @admin.display(description="correlation")
     def correlation(self, obj: OutboxEvent) -> str:
@@ -587,22 +603,29 @@ class DeadLetterAdmin(DeliveryAdmin):
                 self.admin_site.admin_view(require_POST(self.group_retry_view)),
                 name="eventbus_app_deadletter_group_retry",
             ),
+            path(
+                "groups/cancel/",
+                self.admin_site.admin_view(require_POST(self.campaign_cancel_view)),
+                name="eventbus_app_deadletter_campaign_cancel",
+            ),
         ]
         return own + super().get_urls()
 
     def groups_view(self, request: HttpRequest) -> HttpResponse:
         groups = operations.failure_groups()
+        campaigns = list(RetryCampaign.objects.all()[:20])
         changelist = reverse("admin:eventbus_app_deadletter_changelist")
         for group in groups:
-            group["list_url"] = (
-                f"{changelist}?handler={group['handler']}&error_class={group['error_class']}"
-            )
+            query = urlencode({"handler": group["handler"], "error_class": group["error_class"]})
+            group["list_url"] = f"{changelist}?{query}"
         context = {
             **self.admin_site.each_context(request),
             "title": "Failure groups",
             "opts": self.opts,
             "groups": groups,
-            "campaigns": RetryCampaign.objects.all()[:20],
+            "campaigns": campaigns,
+            # No JavaScript: the page reloads itself while a canary retry runs.
+            "has_active_campaign": any(c.active for c in campaigns),
             "can_retry": self.has_retry_permission(request),
         }
         return TemplateResponse(request, "admin/eventbus_app/failure_groups.html", context)
@@ -633,6 +656,22 @@ class DeadLetterAdmin(DeliveryAdmin):
                 request,
                 f"{count} dead letters of {handler} / {error_class or '-'} sent back to pending.",
                 messages.SUCCESS if count else messages.WARNING,
+            )
+        return HttpResponseRedirect(reverse("admin:eventbus_app_deadletter_groups"))
+
+    def campaign_cancel_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_retry_permission(request):
+            raise PermissionDenied
+        raw = request.POST.get("campaign", "")
+        if raw.isdigit() and operations.cancel_campaign(int(raw), actor=_actor(request)):
+            self.message_user(
+                request,
+                f"Canary retry #{raw} cancelled: nothing more is released.",
+                messages.SUCCESS,
+            )
+        else:
+            self.message_user(
+                request, f"Canary retry #{raw} is not running; nothing to cancel.", messages.WARNING
             )
         return HttpResponseRedirect(reverse("admin:eventbus_app_deadletter_groups"))
 

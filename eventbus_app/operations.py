@@ -263,6 +263,22 @@ def start_canary(
     return campaign
 
 
+def cancel_campaign(campaign_id: int, *, actor: str, using: str = DEFAULT_DB_ALIAS) -> bool:
+    """Stop a running canary retry: nothing more is released (what was released runs on).
+
+    Returns False when it had already finished, stopped or been cancelled."""
+    with transaction.atomic(using=using):
+        campaign = (
+            RetryCampaign.objects.using(using).select_for_update().filter(pk=campaign_id).first()
+        )
+        if campaign is None or not campaign.active:
+            return False
+        campaign.state = RetryCampaign.State.CANCELLED
+        campaign.stopped_reason = f"Cancelled by {actor} after {campaign.released} retried."
+        campaign.save(using=using, update_fields=["state", "stopped_reason", "updated_at"])
+    return True
+
+
 def _campaign_deliveries(campaign: RetryCampaign, using: str) -> QuerySet[Any]:
     return Delivery.objects.using(using).filter(
         operator_actions__kind=OperatorAction.Kind.RETRY,
@@ -336,6 +352,7 @@ def active_campaigns(using: str = DEFAULT_DB_ALIAS) -> QuerySet[RetryCampaign]:
 __all__ = [
     "active_campaigns",
     "advance_campaign",
+    "cancel_campaign",
     "failure_groups",
     "pause_handler",
     "replay_events",
