@@ -46,18 +46,20 @@ def changelist_ids(page: str) -> int:
 # --- redaction -----------------------------------------------------------------------------
 
 
-def test_search_cannot_confirm_a_redacted_value(admin_client: Client, settings: Any) -> None:
+def test_search_results_show_redacted_values_masked(admin_client: Client, settings: Any) -> None:
+    """Search matches payload text, redacted keys included (README: an operator who knows an
+    address finds its events); the result rows never show the masked value."""
     settings.EVENTBUS = {**settings.EVENTBUS, "REDACT_FIELDS": ["password", "email"]}
     OutboxEventFactory(payload={"key": "visible-key", "login": {"password": "hunter2"}})
     OutboxEventFactory(payload={"key": "other", "email": "ada@example.com"})
     url = reverse("admin:eventbus_app_outboxevent_changelist")
-    for hidden in ("hunter2", "ada@example.com", "example.com"):
-        page = admin_client.get(url, {"q": hidden}).content.decode()
-        assert changelist_ids(page) == 0, hidden  # (the search box itself echoes the term)
     found = admin_client.get(url, {"q": "visible-key"}).content.decode()
     assert changelist_ids(found) == 1
-    assert "hunter2" not in found and "••••••" in found  # the preview column is masked too
-    assert changelist_ids(admin_client.get(url, {"q": "password"}).content.decode()) == 1
+    assert "hunter2" not in found and "••••••" in found  # the preview column is masked
+    by_email = admin_client.get(url, {"q": "ada@example.com"}).content.decode()
+    assert changelist_ids(by_email) == 1
+    rows = by_email.split('id="result_list"')[1]
+    assert "ada@example.com" not in rows and "••••••" in rows
 
 
 def test_redaction_at_any_depth_and_case(admin_client: Client, settings: Any) -> None:
