@@ -293,14 +293,22 @@ def _record_failure(
 
 
 def _deliver_one(
-    delivery: Delivery, token: uuid.UUID, using: str, cache: dict[int, Event]
+    delivery: Delivery,
+    token: uuid.UUID,
+    using: str,
+    cache: dict[int, Event],
+    *,
+    locked: bool = False,
 ) -> _Outcome:
+    """Run one delivery. ``locked``: this transaction holds the delivery's row lock, so the
+    lease cannot change under it, and the caller marks successes in bulk before commit."""
     spec = get_handler(delivery.handler)
     try:
         if delivery.handler == UNROUTABLE:
             with transaction.atomic(using=using):
                 _route_again(delivery, using)
-                _mark_succeeded(delivery, token, using)
+                if not locked:
+                    _mark_succeeded(delivery, token, using)
             delivery.status = Status.SUCCEEDED
             return _Outcome(delivery, Status.SUCCEEDED)
         if spec is None:
@@ -340,7 +348,8 @@ def _deliver_one(
                     spec.func(event)
                 if stopped:  # the handler caught ChainDepthExceeded: it still stops here
                     raise stopped[0]
-                _mark_succeeded(delivery, token, using)
+                if not locked:
+                    _mark_succeeded(delivery, token, using)
         finally:
             _stopped.reset(reset_stopped)
             _current.reset(reset)
@@ -386,18 +395,58 @@ def deliver(
         outcomes: list[_Outcome] = []
         chunk_started = time.monotonic()
         with transaction.atomic(using=using) if batched else nullcontext():
+            if batched:
+                remaining = _lock_leased(using, token, remaining, outcomes)
             while remaining:
                 now = time.monotonic()
                 if now - started > lease_budget:
                     break
                 if batched and outcomes and now - chunk_started > CHUNK_SECONDS:
                     break
-                outcomes.append(_deliver_one(remaining.pop(), token, using, cache))
+                outcome = _deliver_one(remaining.pop(), token, using, cache, locked=batched)
+                outcomes.append(outcome)
+            if batched:
+                _mark_all_succeeded(using, token, outcomes)
         _count_and_signal(outcomes, counts)
         if remaining and time.monotonic() - started > lease_budget:
             counts.released += release(using, token, remaining)
             break
     return counts
+
+
+def _lock_leased(
+    using: str, token: uuid.UUID, deliveries: list[Delivery], outcomes: list[_Outcome]
+) -> list[Delivery]:
+    """Lock this worker's still-leased rows for the chunk's transaction.
+
+    While the lock is held nobody can claim them again, so each success needs no guarded
+    UPDATE of its own: one bulk UPDATE marks them all before commit. A row whose lease was
+    lost (expired and claimed by another worker) is dropped unrun.
+    """
+    mine = set(
+        Delivery.objects.using(using)
+        .select_for_update()
+        .filter(pk__in=[d.pk for d in deliveries], lease_token=token)
+        .values_list("pk", flat=True)
+    )
+    for lost in (d for d in deliveries if d.pk not in mine):
+        logger.warning("Lease on delivery #%s (%s) was lost before it ran", lost.pk, lost.handler)
+        outcomes.append(_Outcome(lost, "lease_lost"))
+    return [d for d in deliveries if d.pk in mine]
+
+
+def _mark_all_succeeded(using: str, token: uuid.UUID, outcomes: list[_Outcome]) -> None:
+    ids = [o.delivery.pk for o in outcomes if o.status == Status.SUCCEEDED]
+    if ids:
+        Delivery.objects.using(using).filter(pk__in=ids, lease_token=token).update(
+            status=Status.SUCCEEDED,
+            lease_token=None,
+            next_attempt_at=None,
+            finished_at=Now(),
+            last_error="",
+            error_class="",
+            traceback="",
+        )
 
 
 def release(using: str, token: uuid.UUID, deliveries: list[Delivery]) -> int:
