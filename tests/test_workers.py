@@ -140,9 +140,12 @@ def test_qcluster_sweep_schedule_picks_up_events_whose_nudge_was_lost(
 
 
 @pytest.mark.django_db
-def test_schedule_is_created_idempotently() -> None:
+def test_schedule_is_created_idempotently_by_migrate() -> None:
+    from django.core.management import call_command
     from django_q.models import Schedule
 
+    call_command("migrate", verbosity=0)  # post_migrate creates or updates it
+    assert Schedule.objects.filter(name=SCHEDULE_NAME).count() == 1
     ensure_schedule()
     ensure_schedule()
     schedule = Schedule.objects.get(name=SCHEDULE_NAME)
