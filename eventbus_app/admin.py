@@ -130,7 +130,7 @@ class DeliveryStateFilter(admin.SimpleListFilter):
 
 @admin.register(OutboxEvent)
 class OutboxEventAdmin(AuditRecordAdmin):
-    list_display = ["id", "event_type", "created_at", "correlation", "delivery_summary", "data"]
+    list_display = ["id", "event_type", "created", "correlation", "delivery_summary", "data"]
     list_filter = [OutboxEventTypeFilter, "created_at", DeliveryStateFilter]
     search_help_text = "Event id, correlation id, event type or payload text."
     search_fields = ["event_type"]  # enables the box; get_search_results does the work
@@ -139,6 +139,7 @@ class OutboxEventAdmin(AuditRecordAdmin):
     actions = ["replay"]
     list_per_page = 50
     change_form_template = "admin/eventbus_app/outboxevent/change_form.html"
+    change_list_template = "admin/eventbus_app/outboxevent/change_list.html"
     # The payload is shown redacted by the template, never as a raw field.
     fields = (
         "id",
@@ -174,6 +175,10 @@ class OutboxEventAdmin(AuditRecordAdmin):
         # Redacted values still match (README: an operator who knows an address finds its
         # events without seeing it); the results show them masked.
         return queryset.filter(Q(event_type__icontains=term) | Q(payload__icontains=term)), False
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, obj: OutboxEvent) -> str:
+        return timezone.localtime(obj.created_at).strftime("%Y-%m-%d %H:%M:%S")
 
     @admin.display(description="correlation")
     def correlation(self, obj: OutboxEvent) -> str:
@@ -398,9 +403,13 @@ def overview_figures() -> dict[str, Any]:
                     name,
                     {"name": name, "hour_ok": 0, "hour_failed": 0, "day_ok": 0, "day_failed": 0},
                 )[key] = n
+    busiest = max([1, *(r["day_ok"] + r["day_failed"] for r in handlers.values())])
     for row in handlers.values():
         row["paused"] = row["name"] in paused
         row["registered"] = row["name"] in all_handlers()
+        # Widths (percent of the busiest handler) of its 24-hour bar in the table.
+        row["ok_pct"] = round(100 * row["day_ok"] / busiest, 1)
+        row["failed_pct"] = round(100 * row["day_failed"] / busiest, 1)
     day_ago = now - timedelta(hours=23)
     hourly_ok = dict(
         Delivery.objects.filter(status=Status.SUCCEEDED, finished_at__gte=day_ago)
@@ -445,6 +454,7 @@ def overview_figures() -> dict[str, Any]:
         "bars": bars,
         "peak": peak,
         "campaigns": RetryCampaign.objects.all()[:10],
+        "recent_actions": OperatorAction.objects.select_related("event")[:15],
     }
 
 
@@ -456,8 +466,7 @@ class DeliveryAdmin(AuditRecordAdmin):
     list_display = [
         "id",
         "handler",
-        "event_link",
-        "event_type",
+        "event_link",  # "type #id", linked
         "status",
         "attempts",
         "error",
@@ -489,7 +498,7 @@ class DeliveryAdmin(AuditRecordAdmin):
     @admin.display(description="event", ordering="event_id")
     def event_link(self, obj: Delivery) -> str:
         url = reverse("admin:eventbus_app_outboxevent_change", args=[obj.event_id])
-        return format_html('<a href="{}">#{}</a>', url, obj.event_id)
+        return format_html('<a href="{}">{} #{}</a>', url, obj.event.event_type, obj.event_id)
 
     @admin.display(description="event type", ordering="event__event_type")
     def event_type(self, obj: Delivery) -> str:
@@ -568,11 +577,9 @@ class DeadLetterAdmin(DeliveryAdmin):
     list_display = [
         "id",
         "handler",
-        "event_link",
-        "event_type",
+        "event_link",  # "type #id", linked
         "attempts",
-        "error_class",
-        "error",
+        "error",  # its first line names the exception; the class is a filter
         "age",
     ]
     list_filter = [HandlerFilter, EventTypeFilter, ExceptionFilter]

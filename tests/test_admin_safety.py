@@ -301,3 +301,24 @@ def test_pausing_an_unknown_handler_is_refused(admin_client: Client) -> None:
     )
     assert "Unknown handler" in response.content.decode()
     assert not OperatorAction.objects.exists()
+
+
+# --- overview ------------------------------------------------------------------------------
+
+
+def test_overview_shows_per_handler_bars_lag_and_recent_operator_actions(
+    admin_client: Client,
+) -> None:
+    emit(Work(key="bad", fail_attempts=99))
+    drain()
+    operations.pause_handler("testapp.record", actor="night-shift")
+    emit(Work(key="waits"))
+    drain()
+    page = admin_client.get(reverse("admin:eventbus_app_overview")).content.decode()
+    assert page.count('class="hbar"') == 3  # one 24-hour bar per registered handler
+    assert 'style="width: 100.0%"' in page  # the busiest handler fills its bar
+    assert "oldest pending (lag)" in page and "none" not in page.split("oldest pending")[0][-80:]
+    recent = page.split('id="recent-actions"')[1].split("</table>")[0]
+    assert "night-shift" in recent and "pause" in recent and "testapp.record" in recent
+    assert "Resume" in page  # the paused handler offers Resume
+    assert "<script" not in recent
