@@ -241,6 +241,12 @@ def start_canary(
     if not (math.isfinite(rate) and rate > 0):  # nan and inf would wedge the campaign
         raise ValueError(f"rate must be a number > 0 per second, got {rate!r}")
     with transaction.atomic(using=using):
+        running = active_campaigns(using).filter(handler=handler, error_class=error_class).first()
+        if running is not None:
+            raise ValueError(
+                f"A canary retry of {handler} / {error_class or '-'} is already running "
+                f"(#{running.pk}); cancel it first or wait for it to finish"
+            )
         members = group_members(handler, error_class, using).order_by("finished_at", "pk")
         first = members.first()
         if first is None:

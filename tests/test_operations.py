@@ -458,3 +458,17 @@ def test_canary_in_a_real_qcluster_stops_at_the_first_new_failure(
         Status.DEAD
     }
     assert Delivery.objects.get(pk=dead[0].pk).status == Status.SUCCEEDED
+
+
+@pytest.mark.django_db
+def test_one_canary_per_group_at_a_time() -> None:
+    for _ in range(3):
+        DeadLetterFactory()
+    first = operations.start_canary("testapp.record", "builtins.RuntimeError", rate=1, actor="a")
+    with pytest.raises(ValueError, match=f"already running \\(#{first.pk}\\)"):
+        operations.start_canary("testapp.record", "builtins.RuntimeError", rate=1, actor="b")
+    assert RetryCampaign.objects.count() == 1
+    assert operations.cancel_campaign(first.pk, actor="a")
+    assert not operations.cancel_campaign(first.pk, actor="a")  # already cancelled
+    second = operations.start_canary("testapp.record", "builtins.RuntimeError", rate=1, actor="b")
+    assert second.state == Camp.CANARY and second.total == 2
