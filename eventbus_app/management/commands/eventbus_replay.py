@@ -70,7 +70,7 @@ class Command(BaseCommand):
                 "Say what to replay: --event-id, --event-type, --since or --until (combined "
                 "with AND), or --all for every event."
             )
-        qs = OutboxEvent.objects.using(using).order_by("pk")
+        qs = OutboxEvent.objects.using(using).order_by("pk").only("pk", "event_type", "created_at")
         if options["event_ids"]:
             found = set(qs.filter(pk__in=options["event_ids"]).values_list("pk", flat=True))
             missing = [str(pk) for pk in options["event_ids"] if pk not in found]

@@ -108,6 +108,16 @@ class Command(BaseCommand):
             Delivery.objects.using(using)
             .filter(status__in=statuses)
             .select_related("event")
+            # Not the payloads nor the tracebacks: a selection may be large.
+            .only(
+                "pk",
+                "handler",
+                "status",
+                "attempts",
+                "last_error",
+                "event_id",
+                "event__event_type",
+            )
             .annotate(failed_at=Coalesce("finished_at", "created_at"))
         )
         if options["ids"]:
