@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from eventbus_app import Event
+
+
+class OrderPlaced(Event, event_type="bench.OrderPlaced"):
+    """Four no-op handlers: the throughput and emit-cost workload."""
+
+    order_id: int
+    customer: str
+    total_cents: int
+
+
+class Ping(Event, event_type="bench.Ping"):
+    """One handler that records when it started: the latency probe."""
+
+    key: int
+
+
+class Bulk(Event, event_type="bench.Bulk"):
+    """One no-op handler: the backlog and memory workload."""
+
+    n: int
