@@ -55,12 +55,14 @@ class Report:
 
     def table(self) -> str:
         head = ("section", "metric", "value", "target")
-        widths = [max(len(r[i]) for r in [head, *self.rows]) for i in range(4)]
+        order = ["emit", "throughput", "latency", "backlog", "memory"]
+        rows = sorted(self.rows, key=lambda r: order.index(r[0]) if r[0] in order else 9)
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
         lines = [
             "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
             "|" + "|".join("-" * (w + 2) for w in widths) + "|",
         ]
-        for row in self.rows:
+        for row in rows:
             lines.append(
                 "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
             )
@@ -179,7 +181,7 @@ def processes(*commands: list[str]) -> Iterator[list[subprocess.Popen[bytes]]]:
                     os.killpg(proc.pid, signal.SIGTERM)
         for proc, log in zip(procs, logs, strict=True):
             try:
-                proc.wait(timeout=15)
+                proc.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
@@ -355,7 +357,7 @@ def _throughput_peer(size: Size) -> dict[str, Any]:
     n = size.peer_events
     relay = [sys.executable, "-m", "django", "deliver_events"]
     with processes(relay, relay):
-        time.sleep(2)  # let both relays start listening
+        time.sleep(1.5)  # let both relays start listening
         emit_started = time.perf_counter()
         first = _emit_orders(n, size.tx_events, "peer")
         emit_s = time.perf_counter() - emit_started

@@ -105,3 +105,8 @@ LOGGING = {
 
 # W015 warns about save_limit 0; here it is deliberate (baseline completions are counted).
 SILENCED_SYSTEM_CHECKS = ["eventbus_app.W015"]
+
+# Workers keep their database connection (django-q2 otherwise reconnects for every task);
+# this applies to the baseline's tasks as much as to the dispatcher.
+for _db in DATABASES.values():
+    _db["CONN_MAX_AGE"] = 600

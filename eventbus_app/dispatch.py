@@ -4,10 +4,12 @@ It runs inside django-q2 tasks (``tasks.py``) and in ``manage.py eventbus_drain`
 decision is recorded in our tables; a worker that dies leaves only a lease that expires.
 
 * **Fan-out** claims undispatched events (``dispatched_at IS NULL``) and creates one
-  ``Delivery`` per registered handler.
+  ``Delivery`` per registered handler. The dispatcher loop creates them already leased to
+  itself (``fan_out_leased``) and runs them at once: fresh work needs no separate claim.
 * **Claim** picks due deliveries by state and due time (never by an id cursor: ids are
   assigned at insert, not at commit) with ``FOR UPDATE SKIP LOCKED`` where the database has
-  it, and marks them ``RUNNING`` under a fresh lease token. The token guards every later
+  it, and marks them ``RUNNING`` under a fresh lease token in one statement (``UPDATE …
+  WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED LIMIT n)``). The token guards every later
   write, so a worker whose lease expired cannot record an outcome.
 * **Deliver** runs each handler in a savepoint together with the update that marks it
   succeeded; a batch commits once on PostgreSQL (SQLite commits per delivery so that one
@@ -121,6 +123,21 @@ def _batch_transactions(using: str) -> bool:
 
 def fan_out(using: str = "default", limit: int | None = None) -> int:
     """Create the deliveries of up to ``limit`` undispatched events; returns events done."""
+    return _fan_out(using, limit, None)[0]
+
+
+def fan_out_leased(
+    using: str = "default", limit: int | None = None
+) -> tuple[int, uuid.UUID, list[Delivery]]:
+    """:func:`fan_out`, creating the new deliveries already leased to this worker (paused
+    handlers' stay pending): it saves the claim round trip for fresh work. Returns events
+    done, the lease token and the leased deliveries (with their events)."""
+    token = uuid.uuid4()
+    count, leased = _fan_out(using, limit, token)
+    return count, token, leased
+
+
+def _fan_out(using: str, limit: int | None, token: uuid.UUID | None) -> tuple[int, list[Delivery]]:
     limit = limit or eventbus_settings.BATCH_SIZE
     with transaction.atomic(using=using):
         events = list(
@@ -131,17 +148,39 @@ def fan_out(using: str = "default", limit: int | None = None) -> int:
             .values_list("pk", "event_type")[:limit]
         )
         if not events:
-            return 0
+            return 0, []
+        paused = set(paused_handlers(using)) if token is not None else set()
+        lease = {
+            "status": Status.RUNNING,
+            "lease_token": token,
+            "attempts": 1,
+            "next_attempt_at": Now() + timedelta(seconds=eventbus_settings.LEASE_SECONDS),
+        }
         deliveries: list[Delivery] = []
         for pk, event_type in events:
             cls = event_class(event_type)
             names = [s.name for s in handlers_for(cls)] if cls is not None else [UNROUTABLE]
-            deliveries.extend(Delivery(event_id=pk, handler=name) for name in names)
+            deliveries.extend(
+                Delivery(event_id=pk, handler=name)
+                if token is None or name in paused
+                else Delivery(event_id=pk, handler=name, **lease)
+                for name in names
+            )
         Delivery.objects.using(using).bulk_create(deliveries, ignore_conflicts=True)
         OutboxEvent.objects.using(using).filter(
             pk__in=[pk for pk, _ in events], dispatched_at__isnull=True
         ).update(dispatched_at=Now())
-    return len(events)
+    leased = _leased(using, token) if token is not None else []
+    return len(events), leased
+
+
+def _leased(using: str, token: uuid.UUID) -> list[Delivery]:
+    return list(
+        Delivery.objects.using(using)
+        .filter(lease_token=token)
+        .select_related("event")
+        .order_by("pk")
+    )
 
 
 # --- claim -------------------------------------------------------------------------------
@@ -154,37 +193,53 @@ def paused_handlers(using: str) -> list[str]:
 
 
 def claim(using: str = "default", limit: int | None = None) -> tuple[uuid.UUID, list[Delivery]]:
-    """Lease up to ``limit`` due deliveries; returns the lease token and the deliveries."""
+    """Lease up to ``limit`` due deliveries; returns the lease token and the deliveries.
+
+    One UPDATE whose subquery picks (and, where the database can, locks with SKIP LOCKED)
+    the due rows of unpaused handlers, then one SELECT of what it leased.
+    """
     limit = limit or eventbus_settings.BATCH_SIZE
     token = uuid.uuid4()
     lease = timedelta(seconds=eventbus_settings.LEASE_SECONDS)
     due = {"status__in": Delivery.CLAIMABLE, "next_attempt_at__lte": Now()}
-    with transaction.atomic(using=using):
-        candidates = Delivery.objects.using(using).filter(**due)
-        paused = paused_handlers(using)
-        if paused:
-            candidates = candidates.exclude(handler__in=paused)
-        ids = list(
-            candidates.order_by("next_attempt_at")
-            .select_for_update(skip_locked=True)
-            .values_list("pk", flat=True)[:limit]
-        )
-        if not ids:
-            return token, []
-        # Re-checking the due condition makes the claim safe even where rows are not locked.
-        Delivery.objects.using(using).filter(pk__in=ids, **due).update(
-            status=Status.RUNNING,
-            lease_token=token,
-            next_attempt_at=Now() + lease,
-            attempts=F("attempts") + 1,
-        )
-    claimed = list(
+    paused = HandlerState.objects.using(using).filter(paused=True).values("handler")
+    picked = (
         Delivery.objects.using(using)
-        .filter(pk__in=ids, lease_token=token)
-        .select_related("event")
-        .order_by("pk")
+        .filter(**due)
+        .exclude(handler__in=paused)
+        .order_by("next_attempt_at")
+        .select_for_update(skip_locked=True)
+        .values("pk")[:limit]
     )
-    return token, claimed
+    connection = connections[using]
+    with transaction.atomic(using=using):
+        if connection.vendor == "postgresql":
+            # A materialized CTE: PostgreSQL may re-run an ``IN (… LIMIT n)`` subquery per
+            # outer row, which with SKIP LOCKED would lease more than ``n`` rows.
+            inner, params = picked.query.get_compiler(using=using).as_sql()
+            table = connection.ops.quote_name(Delivery._meta.db_table)
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"WITH picked AS MATERIALIZED ({inner}) UPDATE {table} SET status = %s, "
+                    "lease_token = %s, "
+                    "next_attempt_at = STATEMENT_TIMESTAMP() + make_interval(secs => %s), "
+                    f"attempts = {table}.attempts + 1 FROM picked WHERE {table}.id = picked.pk",
+                    [*params, Status.RUNNING.value, token, lease.total_seconds()],
+                )
+                updated = cursor.rowcount
+        else:
+            # Re-checking the due condition keeps the claim safe where rows are not locked.
+            updated = (
+                Delivery.objects.using(using)
+                .filter(pk__in=picked, **due)
+                .update(
+                    status=Status.RUNNING,
+                    lease_token=token,
+                    next_attempt_at=Now() + lease,
+                    attempts=F("attempts") + 1,
+                )
+            )
+    return token, _leased(using, token) if updated else []
 
 
 # --- deliver -----------------------------------------------------------------------------
@@ -512,13 +567,17 @@ def _recovering(using: str, counts: Counts) -> Iterator[None]:
 
 
 def run_once(using: str = "default") -> Counts:
-    """One fan-out batch and one delivery batch."""
+    """One claimed batch of due deliveries (retries, resumed handlers, expired leases), then
+    one fan-out batch whose deliveries are leased to this worker and run at once."""
     counts = Counts()
-    counts.fanned_out = fan_out(using)
     claimed_at = time.monotonic()
     token, claimed = claim(using)
     if claimed:
         counts.add(deliver(using, token, claimed, claimed_at=claimed_at))
+    claimed_at = time.monotonic()
+    counts.fanned_out, token, fresh = fan_out_leased(using)
+    if fresh:
+        counts.add(deliver(using, token, fresh, claimed_at=claimed_at))
     counts.more = bool(counts.fanned_out or claimed)
     return counts
 

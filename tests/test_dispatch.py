@@ -493,3 +493,24 @@ def test_slow_batches_commit_in_chunks(register: Any) -> None:
     assert Delivery.objects.filter(handler="t.tick", status=Status.SUCCEEDED).count() == 6
     assert seen_committed[0] == 0
     assert 2 <= seen_committed[-1] <= 5
+
+
+def test_fan_out_leases_fresh_deliveries_to_itself_except_paused_handlers() -> None:
+    """The dispatcher runs what it fans out without a second claim; paused handlers wait."""
+    from eventbus_app import operations
+    from eventbus_app.dispatch import fan_out_leased
+
+    operations.pause_handler("testapp.record_async", actor="t")
+    emit(Work(key="a"))
+    count, token, leased = fan_out_leased()
+    assert count == 1
+    assert [d.handler for d in leased] == ["testapp.record"]
+    assert all(
+        (d.status, d.lease_token, d.attempts) == (Delivery.Status.RUNNING, token, 1) for d in leased
+    )
+    assert leased[0].event.event_type == Work.event_type  # loaded with its event
+    paused = Delivery.objects.get(handler="testapp.record_async")
+    assert (paused.status, paused.lease_token) == (Delivery.Status.PENDING, None)
+    assert claim()[1] == []  # leased rows are not claimable again; the paused one waits
+    assert deliver("default", token, leased).delivered == 1
+    assert Effect.objects.filter(handler="testapp.record").count() == 1
