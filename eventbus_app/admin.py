@@ -410,22 +410,27 @@ def overview_figures() -> dict[str, Any]:
         # Widths (percent of the busiest handler) of its 24-hour bar in the table.
         row["ok_pct"] = round(100 * row["day_ok"] / busiest, 1)
         row["failed_pct"] = round(100 * row["day_failed"] / busiest, 1)
-    day_ago = now - timedelta(hours=23)
+    # 24 hourly bars, the last one the current hour, on the hours of the current time zone
+    # (TruncHour truncates there too, so the keys match).
+    start = timezone.localtime(now).replace(minute=0, second=0, microsecond=0) - timedelta(hours=23)
     hourly_ok = dict(
-        Delivery.objects.filter(status=Status.SUCCEEDED, finished_at__gte=day_ago)
+        Delivery.objects.filter(status=Status.SUCCEEDED, finished_at__gte=start)
         .annotate(hour=TruncHour("finished_at"))
         .order_by()
         .values_list("hour")
         .annotate(n=Count("id"))
     )
     hourly_failed = dict(
-        DeliveryAttempt.objects.filter(recorded_at__gte=day_ago)
+        DeliveryAttempt.objects.filter(
+            recorded_at__gte=start,
+            # Not the successes archived by a replay.
+            outcome__in=[DeliveryAttempt.Outcome.FAILED, DeliveryAttempt.Outcome.DEAD],
+        )
         .annotate(hour=TruncHour("recorded_at"))
         .order_by()
         .values_list("hour")
         .annotate(n=Count("id"))
     )
-    start = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=23)
     hours = [start + timedelta(hours=i) for i in range(24)]
     peak = max([1, *hourly_ok.values(), *hourly_failed.values()])
     bars = []

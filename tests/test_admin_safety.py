@@ -322,3 +322,19 @@ def test_overview_shows_per_handler_bars_lag_and_recent_operator_actions(
     assert "night-shift" in recent and "pause" in recent and "testapp.record" in recent
     assert "Resume" in page  # the paused handler offers Resume
     assert "<script" not in recent
+
+
+def test_overview_chart_counts_failures_not_successes_archived_by_replay(
+    admin_client: Client, settings: Any
+) -> None:
+    record = emit(Work(key="ok"))
+    drain()
+    operations.replay_events([record], actor="x")
+    drain()  # two successes archived into the history, two new successes
+    emit(Work(key="bad", fail_attempts=1))
+    drain()  # one failed attempt, then success
+    for tz in ("UTC", "Asia/Kolkata"):  # a half-hour offset: bars still line up with hours
+        settings.TIME_ZONE = tz
+        bars = admin_client.get(reverse("admin:eventbus_app_overview")).context["bars"]
+        assert sum(b["failed"] for b in bars) == 1, tz
+        assert sum(b["ok"] for b in bars) == 4, tz
