@@ -25,6 +25,9 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_q",
     "eventbus_app",
+    "demo_project.demo",
+    "demo_project.accounts",
+    "demo_project.orders",
 ]
 
 MIDDLEWARE = [
@@ -79,6 +82,7 @@ Q_CLUSTER = {
     "save_limit": 100,
     "catch_up": False,
     "poll": 0.1,
+    "log_level": "WARNING",
 }
 
 EVENTBUS = {
@@ -88,4 +92,26 @@ EVENTBUS = {
     "REDACT_FIELDS": ["password", "email"],
 }
 
-EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+# Welcome emails land as files; the demo's Mailbox page shows them.
+EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
+EMAIL_FILE_PATH = os.environ.get("DEMO_MAIL_DIR", str(BASE_DIR / "sent_mail"))
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "/"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "brief": {
+            "()": "demo_project.demo.logs.OneLineFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s: %(message)s",
+            "datefmt": "%H:%M:%S",
+        }
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "brief"}},
+    "loggers": {
+        "eventbus_app": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "django_q": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+    },
+}

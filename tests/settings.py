@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUFFIX = os.environ.get("EVENTBUS_TEST_SUFFIX", "main")
 DB_KIND = os.environ.get("EVENTBUS_TEST_DB", "sqlite")
 BROKER = os.environ.get("EVENTBUS_TEST_BROKER", "orm")
@@ -35,6 +36,10 @@ INSTALLED_APPS = [
     "django_q",
     "eventbus_app",
     "tests.testapp",
+    # The demo project's apps: tests/test_demo.py and the browser tests use them.
+    "demo_project.demo",
+    "demo_project.accounts",
+    "demo_project.orders",
 ]
 
 MIDDLEWARE = [
@@ -49,7 +54,7 @@ MIDDLEWARE = [
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [os.path.join(REPO, "demo_project", "templates")],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [

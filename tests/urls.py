@@ -1,4 +1,5 @@
-from django.contrib import admin
-from django.urls import path
+"""The admin plus the demo project's pages (tests/test_demo.py, tests/browser/)."""
 
-urlpatterns = [path("admin/", admin.site.urls)]
+from demo_project.urls import urlpatterns
+
+__all__ = ["urlpatterns"]
