@@ -173,9 +173,12 @@ class _Nudge:
 
     def __call__(self) -> None:
         if not self.enqueued:
-            from .tasks import nudge
+            from .tasks import nudge, nudge_in_background
 
-            nudge(self.using)
+            if eventbus_settings.NUDGE_BACKGROUND:
+                nudge_in_background(self.using)
+            else:
+                nudge(self.using)
 
 
 def _nudge(using: str) -> None:

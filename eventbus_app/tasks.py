@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError
@@ -52,6 +53,45 @@ def nudge(using: str = DEFAULT_DB_ALIAS) -> bool:
         )
         return False
     return True
+
+
+_pending: set[str] = set()
+_pending_lock = threading.Lock()
+_wake = threading.Event()
+_nudger: tuple[int, threading.Thread] | None = None
+
+
+def nudge_in_background(using: str = DEFAULT_DB_ALIAS) -> None:
+    """Hand the nudge to this process's nudger thread (``EVENTBUS['NUDGE_BACKGROUND']``).
+
+    The committing request does not wait for the broker, and aliases nudged while the
+    thread is busy are sent once. A nudge lost with the process only waits for the sweep.
+    With django-q2's ORM broker the nudge is sent at once (it writes through a database
+    connection, which a background thread should not hold)."""
+    global _nudger
+    from django_q.conf import Conf
+
+    if Conf.ORM:
+        nudge(using)
+        return
+    with _pending_lock:
+        _pending.add(using)
+        if _nudger is None or _nudger[0] != os.getpid() or not _nudger[1].is_alive():
+            thread = threading.Thread(target=_send_pending, name="eventbus-nudger", daemon=True)
+            _nudger = (os.getpid(), thread)
+            thread.start()
+    _wake.set()
+
+
+def _send_pending() -> None:
+    while True:
+        _wake.wait()
+        _wake.clear()
+        with _pending_lock:
+            aliases = sorted(_pending)
+            _pending.clear()
+        for using in aliases:
+            nudge(using)
 
 
 def enqueue_in_transaction(using: str) -> bool:

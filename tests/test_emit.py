@@ -238,3 +238,50 @@ def test_a_handler_cannot_swallow_the_chain_depth_error(register: Any, settings:
     dead = Delivery.objects.get(status=Delivery.Status.DEAD)
     assert dead.event.depth == 1
     assert "ChainDepthExceeded" in dead.last_error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_background_nudge_reaches_the_redis_broker_after_commit(settings: Any) -> None:
+    """EVENTBUS['NUDGE_BACKGROUND']: the nudger thread enqueues the dispatch task (real Redis
+    on 127.0.0.1:6379, this run's own queue key)."""
+    import time
+
+    from django_q.brokers import get_broker
+    from django_q.conf import Conf
+    from django_q.signing import SignedPackage
+
+    from eventbus_app import tasks
+
+    settings.EVENTBUS = {**settings.EVENTBUS, "NUDGE_BACKGROUND": True}
+    saved = (Conf.ORM, Conf.REDIS, Conf.BROKER_CLASS, tasks._broker)
+    Conf.ORM, Conf.BROKER_CLASS = None, None
+    Conf.REDIS = {"host": "127.0.0.1", "port": 6379, "db": 0}
+    tasks._broker = None
+    broker = get_broker()
+    broker.purge_queue()
+    import threading
+
+    from django_q.signals import pre_enqueue
+
+    senders: list[str] = []
+
+    def seen(sender: Any, task: dict[str, Any], **kwargs: Any) -> None:
+        senders.append(threading.current_thread().name)
+
+    pre_enqueue.connect(seen)
+    try:
+        with transaction.atomic():
+            emit(Work(key="a"))
+            emit(Work(key="b"))
+        deadline = time.monotonic() + 10
+        while broker.queue_size() < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert broker.queue_size() == 1  # one nudge for the transaction
+        task = SignedPackage.loads(broker.dequeue()[0][1])
+        assert (task["func"], task["args"]) == ("eventbus_app.tasks.dispatch", ("default",))
+        assert senders == ["eventbus-nudger"]  # not the committing thread
+    finally:
+        pre_enqueue.disconnect(seen)
+        broker.purge_queue()
+        Conf.ORM, Conf.REDIS, Conf.BROKER_CLASS, tasks._broker = saved
