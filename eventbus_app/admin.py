@@ -8,6 +8,7 @@ replay, pause, canary) goes through ``operations.py``, needs the ``retry_deliver
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -301,6 +302,11 @@ class OutboxEventAdmin(AuditRecordAdmin):
             actions = OperatorAction.objects.filter(
                 Q(event=event) | Q(delivery__event=event)
             ).select_related("delivery")
+            retries: dict[int, list[OperatorAction]] = {}
+            for action in actions.filter(kind=OperatorAction.Kind.RETRY):
+                retries.setdefault(action.delivery_id or 0, []).append(action)
+            for d in deliveries:
+                d.timeline = timeline(d.history.all(), retries.get(d.pk, []))  # type: ignore[attr-defined]
             extra_context = {
                 **(extra_context or {}),
                 "payload_json": pretty(event.payload),
@@ -341,6 +347,16 @@ class OutboxEventAdmin(AuditRecordAdmin):
             verb = "paused: its deliveries wait until it is resumed" if paused else "resumed"
             self.message_user(request, f"Handler {handler} {verb}.", messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:eventbus_app_overview"))
+
+
+def timeline(
+    history: Iterable[DeliveryAttempt], retries: Iterable[OperatorAction]
+) -> list[dict[str, Any]]:
+    """A delivery's recorded attempts with the operators' retries between them, oldest first
+    (a retry starts a fresh set of attempts, so attempt numbers restart after it)."""
+    items = [{"attempt": h, "at": h.recorded_at} for h in history]
+    items += [{"retry": a, "at": a.created_at} for a in retries]
+    return sorted(items, key=lambda item: item["at"])
 
 
 def correlation_tree(event: OutboxEvent) -> list[tuple[OutboxEvent, int]]:
@@ -569,7 +585,10 @@ class DeliveryAdmin(AuditRecordAdmin):
             extra_context = {
                 **(extra_context or {}),
                 "delivery": delivery,
-                "history": delivery.history.all(),
+                "history": timeline(
+                    delivery.history.all(),
+                    delivery.operator_actions.filter(kind=OperatorAction.Kind.RETRY),
+                ),
                 "operator_actions": delivery.operator_actions.all()[:50],
                 "can_retry": self.has_retry_permission(request)
                 and delivery.status in operations.RETRYABLE,

@@ -338,3 +338,22 @@ def test_overview_chart_counts_failures_not_successes_archived_by_replay(
         bars = admin_client.get(reverse("admin:eventbus_app_overview")).context["bars"]
         assert sum(b["failed"] for b in bars) == 1, tz
         assert sum(b["ok"] for b in bars) == 4, tz
+
+
+def test_attempt_history_shows_who_retried_between_the_rounds(admin_client: Client) -> None:
+    emit(Work(key="stubborn", fail_attempts=99))
+    drain()
+    dead = Delivery.objects.get(status=Status.DEAD)
+    admin_client.post(reverse("admin:eventbus_app_delivery_retry", args=[dead.pk]))
+    drain()  # five more failed attempts
+    for url in (
+        reverse("admin:eventbus_app_delivery_change", args=[dead.pk]),
+        reverse("admin:eventbus_app_outboxevent_change", args=[dead.event_id]),
+    ):
+        page = admin_client.get(url).content.decode()
+        assert page.count('class="retry-marker"') == 1, url
+        first_round, second_round = page.split('class="retry-marker"')
+        assert "retried by <strong>admin</strong>" in second_round
+        # Four failed attempts (and a fifth, dead) before the retry, four again after it.
+        assert first_round.count('class="status status-failed"') == 4, url
+        assert second_round.count('class="status status-failed"') == 4, url
