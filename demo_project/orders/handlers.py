@@ -14,7 +14,7 @@ from eventbus_app import current_delivery, emit, handler
 from .events import InvoiceCreated, OrderPlaced
 from .models import Invoice, Order
 
-WIDTH = 52
+WIDTH = 56
 
 
 @handler(OrderPlaced, name="orders.create_invoice")
@@ -45,7 +45,7 @@ def render_document(invoice: Invoice) -> str:
         f"Bill to: {order.customer.get_full_name() or order.customer.username}",
         f"         {order.customer.email}",
         "",
-        f"{line:<{WIDTH - 14}}{order.unit_price:>8} EUR ea",
+        f"{line:<{WIDTH - 15}}{order.unit_price:>8} EUR ea",
         rule,
         f"{'Total':<{WIDTH - 14}}{invoice.total:>10} EUR",
         rule,
