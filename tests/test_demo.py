@@ -317,6 +317,32 @@ def test_demo_command_serves_until_ctrl_c(tmp_path: Path) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.subprocess
+def test_demo_command_refuses_a_busy_port(tmp_path: Path) -> None:
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="demo_project.settings",
+        DEMO_DB=str(tmp_path / "demo.sqlite3"),
+        DEMO_MAIL_DIR=str(tmp_path / "mail"),
+        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+    )
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "manage.py", "demo", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 1
+    assert f"Port {port} on 127.0.0.1 is not free" in result.stderr
+    assert "--port" in result.stderr
+
+
 def _is_running(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()

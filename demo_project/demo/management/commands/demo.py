@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ...seed import USER_PASSWORD, is_seeded, seed
 
@@ -31,6 +32,18 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def _check_port(port: int) -> None:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise CommandError(
+                f"Port {port} on 127.0.0.1 is not free ({exc.strerror}); "
+                f"choose another with --port, e.g. --port {port + 1}."
+            ) from exc
 
 
 class Command(BaseCommand):
@@ -80,6 +93,7 @@ class Command(BaseCommand):
         )
         if options["no_serve"]:
             return
+        _check_port(options["port"])
         self.stdout.write(
             f"\nShop:          {url}\nAdmin console: {url}admin/eventbus_app/outboxevent/overview/"
             f"\nDead letters:  {url}admin/eventbus_app/deadletter/\n"
@@ -115,16 +129,16 @@ class Command(BaseCommand):
                     start_new_session=True,
                     preexec_fn=_die_with_parent if sys.platform == "linux" else None,
                 )
-            while not stop["signal"]:
+            exited: list[str] = []
+            while not stop["signal"] and not exited:
                 exited = [label for label, proc in children.items() if proc.poll() is not None]
-                if exited:
-                    self.stderr.write(f"The {exited[0]} exited; stopping the demo.")
-                    break
                 time.sleep(0.2)
         finally:
             self._stop(children)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        if exited:
+            raise CommandError(f"The {exited[0]} exited unexpectedly; the demo stopped.")
         self.stdout.write("Demo stopped.")
 
     def _stop(self, children: dict[str, subprocess.Popen[bytes]]) -> None:
