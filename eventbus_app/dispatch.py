@@ -617,3 +617,21 @@ def run(
         if deadline is not None and time.monotonic() >= deadline:
             total.more = True
             return total
+
+
+def next_due_in(using: str = "default") -> float | None:
+    """Seconds (by the database's clock) until the next pending or failed delivery of an
+    unpaused handler is due; ``None`` when there is none."""
+    waiting = Delivery.objects.using(using).filter(status__in=(Status.PENDING, Status.FAILED))
+    paused = paused_handlers(using)
+    if paused:
+        waiting = waiting.exclude(handler__in=paused)
+    row = (
+        waiting.order_by("next_attempt_at")
+        .annotate(db_now=Now())
+        .values_list("next_attempt_at", "db_now")
+        .first()
+    )
+    if row is None or row[0] is None:
+        return None
+    return (row[0] - row[1]).total_seconds()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError
@@ -119,7 +120,49 @@ def dispatch(using: str = DEFAULT_DB_ALIAS) -> dict[str, Any]:
         return {"error": True}
     if counts.more:
         nudge(using)
+    else:
+        try:
+            wait = dispatcher.next_due_in(using)
+        except DatabaseError:
+            wait = None
+        # A retry due before the next sweep gets a timely wake-up instead of waiting for it.
+        if wait is not None and 0 < wait < eventbus_settings.SWEEP_MINUTES * 60:
+            wake_later(using, wait)
     return counts.as_dict()
+
+
+_timers: dict[str, tuple[int, float, threading.Timer]] = {}
+_timers_lock = threading.Lock()
+
+
+def wake_later(using: str, seconds: float) -> None:
+    """Nudge the dispatcher in ``seconds`` from a timer thread of this (worker) process.
+
+    One timer per database alias, the earliest wins. Cheap, and if the process dies first
+    the sweep schedule does the same job a little later.
+    """
+    due = time.monotonic() + seconds
+    with _timers_lock:
+        current = _timers.get(using)
+        if current and current[0] == os.getpid() and current[1] <= due:
+            return
+        if current:
+            current[2].cancel()
+        timer = threading.Timer(seconds, _wake_up, args=(using,))
+        timer.daemon = True
+        _timers[using] = (os.getpid(), due, timer)
+        timer.start()
+
+
+def _wake_up(using: str) -> None:
+    from django.db import connections
+
+    with _timers_lock:
+        _timers.pop(using, None)
+    try:
+        nudge(using)
+    finally:
+        connections.close_all()  # this thread's own connections, if the nudge opened any
 
 
 def sweep() -> dict[str, Any]:

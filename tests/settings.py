@@ -121,7 +121,7 @@ else:
     Q_CLUSTER["orm"] = "default"
 
 EVENTBUS = {
-    "RETRY_BACKOFF": 0,
+    "RETRY_BACKOFF": float(os.environ.get("EVENTBUS_TEST_RETRY_BACKOFF", "0")),
     "LEASE_SECONDS": 60,
     "DISPATCH_SECONDS": 5,
 }

@@ -195,3 +195,21 @@ def test_qcluster_with_the_redis_broker_delivers(spawn: Any, redis_broker: None)
         "qcluster (Redis broker) to deliver 20 deliveries",
     )
     assert_each_ran_once(10)
+
+
+def test_qcluster_runs_a_due_retry_without_waiting_for_the_sweep(
+    spawn: Any, worker_env: dict[str, str]
+) -> None:
+    """A retry due in 2 s runs about then: the worker sets a wake-up, not the sweep."""
+    spawn("qcluster", env={**worker_env, "EVENTBUS_TEST_RETRY_BACKOFF": "2"})
+    emit_committed(1, fail_attempts=1)
+    started = time.monotonic()
+    wait_until(
+        lambda: Delivery.objects.filter(status=Status.SUCCEEDED).count() == 2,
+        28,
+        "the retry to run",
+    )
+    assert time.monotonic() - started < 25  # the sweep would take 30 s or more
+    retried = Delivery.objects.get(handler="testapp.record")
+    assert retried.attempts == 2
+    assert list(retried.history.values_list("outcome", flat=True)) == ["failed"]
