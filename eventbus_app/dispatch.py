@@ -440,12 +440,14 @@ def deliver(
     deliveries: list[Delivery],
     *,
     claimed_at: float | None = None,
+    counts: Counts | None = None,
 ) -> Counts:
     """Run a claimed batch; returns what happened. Signals are sent after each commit.
 
-    ``claimed_at`` is the ``time.monotonic()`` of the claim (default: now).
+    ``claimed_at`` is the ``time.monotonic()`` of the claim (default: now). ``counts``, if
+    given, is updated after each commit, so it keeps the progress of a batch that fails later.
     """
-    counts = Counts()
+    counts = Counts() if counts is None else counts
     cache: dict[int, Event] = {}
     started = time.monotonic() if claimed_at is None else claimed_at
     lease_budget = eventbus_settings.LEASE_SECONDS * LEASE_SHARE
@@ -571,18 +573,22 @@ def _recovering(using: str, counts: Counts) -> Iterator[None]:
         conn.close()
 
 
-def run_once(using: str = "default") -> Counts:
+def run_once(using: str = "default", counts: Counts | None = None) -> Counts:
     """One claimed batch of due deliveries (retries, resumed handlers, expired leases), then
-    one fan-out batch whose deliveries are leased to this worker and run at once."""
-    counts = Counts()
+    one fan-out batch whose deliveries are leased to this worker and run at once.
+
+    ``counts`` (if given) is updated as work commits, so it shows the progress made before
+    an error."""
+    counts = Counts() if counts is None else counts
     claimed_at = time.monotonic()
     token, claimed = claim(using)
     if claimed:
-        counts.add(deliver(using, token, claimed, claimed_at=claimed_at))
+        deliver(using, token, claimed, claimed_at=claimed_at, counts=counts)
     claimed_at = time.monotonic()
-    counts.fanned_out, token, fresh = fan_out_leased(using)
+    fanned_out, token, fresh = fan_out_leased(using)
+    counts.fanned_out += fanned_out
     if fresh:
-        counts.add(deliver(using, token, fresh, claimed_at=claimed_at))
+        deliver(using, token, fresh, claimed_at=claimed_at, counts=counts)
     counts.more = bool(counts.fanned_out or claimed)
     return counts
 
@@ -601,10 +607,13 @@ def run(
         before = total.errors
         step = Counts()
         with _recovering(using, total):
-            step = run_once(using)
+            run_once(using, step)
         total.add(step)
         if total.errors > before:
-            consecutive_errors += 1
+            # Errors count as consecutive only while no work commits: a worker whose
+            # connection keeps dropping but who gets work done between drops keeps going.
+            progressed = step.fanned_out or step.delivered or step.failed or step.dead
+            consecutive_errors = 1 if progressed else consecutive_errors + 1
             if consecutive_errors >= max_errors:
                 total.more = True
                 return total

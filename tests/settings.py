@@ -5,11 +5,14 @@ SQLite by default; ``EVENTBUS_TEST_DB=postgres`` switches to PostgreSQL on 127.0
 database is a file (SQLite) or a real database, so worker subprocesses started by tests can
 reach it: they get its name through ``EVENTBUS_DB_NAME``. ``EVENTBUS_TEST_SUFFIX`` keeps
 parallel runs on one machine apart (database names, django-q2 cluster and queue names).
-``EVENTBUS_TEST_BROKER=redis`` makes django-q2 use Redis on 127.0.0.1:6379.
+``EVENTBUS_TEST_BROKER=redis`` makes django-q2 use Redis on 127.0.0.1:6379
+(``EVENTBUS_TEST_REDIS_PORT`` overrides the port). ``EVENTBUS_TEST_SETTINGS`` (a JSON object)
+is merged over ``EVENTBUS``: the reliability suite gives its workers short leases that way.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
@@ -40,6 +43,7 @@ INSTALLED_APPS = [
     "demo_project.demo",
     "demo_project.accounts",
     "demo_project.orders",
+    "tests.reliability",
 ]
 
 MIDDLEWARE = [
@@ -116,7 +120,11 @@ Q_CLUSTER: dict[str, object] = {
     "daemonize_workers": False,
 }
 if BROKER == "redis":
-    Q_CLUSTER["redis"] = {"host": "127.0.0.1", "port": 6379, "db": 0}
+    Q_CLUSTER["redis"] = {
+        "host": "127.0.0.1",
+        "port": int(os.environ.get("EVENTBUS_TEST_REDIS_PORT", "6379")),
+        "db": 0,
+    }
 else:
     Q_CLUSTER["orm"] = "default"
 
@@ -125,6 +133,7 @@ EVENTBUS = {
     "LEASE_SECONDS": 60,
     "DISPATCH_SECONDS": 5,
 }
+EVENTBUS.update(json.loads(os.environ.get("EVENTBUS_TEST_SETTINGS") or "{}"))
 
 LOGGING = {
     "version": 1,

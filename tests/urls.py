@@ -1,5 +1,12 @@
-"""The admin plus the demo project's pages (tests/test_demo.py, tests/browser/)."""
+"""The admin plus the demo project's pages (tests/test_demo.py, tests/browser/), and the
+reliability suite's sign-up view."""
 
-from demo_project.urls import urlpatterns
+from django.urls import path
 
-__all__ = ["urlpatterns"]
+from demo_project.urls import urlpatterns as demo_urlpatterns
+from tests.reliability.views import signup
+
+urlpatterns = [
+    *demo_urlpatterns,
+    path("reliability/signup/", signup, name="reliability-signup"),
+]

@@ -37,4 +37,5 @@ class Command(BaseCommand):
             f"failed {total.failed}, dead {total.dead}"
             + (f", lease lost {total.lease_lost}" if total.lease_lost else "")
             + (f", database errors {total.errors}" if total.errors else "")
+            + ("; stopped with work remaining" if total.more else "")
         )

@@ -1,0 +1,113 @@
+"""Handlers of the reliability suite. Each one records every run that commits.
+
+Transactional effects are ``Effect`` rows written in the handler's transaction: they must
+exist exactly once per delivery. The non-transactional effect is a line appended to the file
+named by ``EVENTBUS_REL_LOG`` (an external side effect: at-least-once, duplicates counted).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from django.db.models.functions import Now
+
+from eventbus_app import current_delivery, handler
+from eventbus_app.models import Delivery
+from tests.testapp.models import Effect
+
+from .events import Clean, Job, Poisoned, SignedUp, Tick
+
+
+def record(name: str) -> None:
+    """The effect row, noting "past lease" if the delivery's lease had expired by the
+    database's clock while the handler ran (another worker could have claimed it)."""
+    ctx = current_delivery()
+    assert ctx is not None
+    leased = (
+        Delivery.objects.using(ctx.using)
+        .filter(pk=ctx.delivery_id, next_attempt_at__gt=Now())
+        .exists()
+    )
+    Effect.objects.using(ctx.using).create(
+        handler=name,
+        event_id=ctx.event_id,
+        attempt=ctx.attempt,
+        pid=os.getpid(),
+        note="" if leased else "past lease",
+    )
+
+
+def append_line(name: str) -> None:
+    path = os.environ.get("EVENTBUS_REL_LOG")
+    ctx = current_delivery()
+    assert ctx is not None
+    if path:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{name} {ctx.event_id} {ctx.attempt} {os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
+
+
+@handler(Job, name="rel.tx_a")
+def tx_a(event: Job) -> None:
+    if event.sleep:
+        time.sleep(event.sleep)
+    record("rel.tx_a")
+
+
+@handler(Job, name="rel.tx_b")
+def tx_b(event: Job) -> None:
+    record("rel.tx_b")
+
+
+@handler(Job, name="rel.tx_async")
+async def tx_async(event: Job) -> None:
+    from asgiref.sync import sync_to_async
+
+    await sync_to_async(record)("rel.tx_async")
+
+
+@handler(Job, name="rel.file")
+def file_effect(event: Job) -> None:
+    append_line("rel.file")
+
+
+@handler(Clean, name="rel.clean_a")
+def clean_a(event: Clean) -> None:
+    record("rel.good_a")
+
+
+@handler(Clean, name="rel.clean_b")
+def clean_b(event: Clean) -> None:
+    record("rel.good_b")
+
+
+@handler(Poisoned, name="rel.poisoned_a")
+def poisoned_a(event: Poisoned) -> None:
+    record("rel.good_a")
+
+
+@handler(Poisoned, name="rel.poisoned_b")
+def poisoned_b(event: Poisoned) -> None:
+    record("rel.good_b")
+
+
+@handler(Poisoned, name="rel.poison", max_attempts=3, retry_backoff=0.2, retry_backoff_max=1)
+def poison(event: Poisoned) -> None:
+    raise RuntimeError(f"poison message {event.n}")
+
+
+@handler(SignedUp, name="rel.welcome")
+def welcome(event: SignedUp) -> None:
+    record("rel.welcome")
+
+
+@handler(Tick, name="rel.flaky", max_attempts=3, retry_backoff=6, retry_backoff_max=6)
+def flaky(event: Tick) -> None:
+    ctx = current_delivery()
+    assert ctx is not None
+    if ctx.attempt == 1:
+        raise RuntimeError(f"first attempt of tick {event.n} fails")
+    record("rel.flaky")
