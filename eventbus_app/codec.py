@@ -14,6 +14,7 @@ import datetime as dt
 import enum
 import math
 import re
+import sys
 import types
 import typing
 import uuid
@@ -51,6 +52,22 @@ def _check_str(value: str, path: str) -> str:
         char = bad.group()
         what = "a NUL character" if char == "\x00" else f"a lone surrogate {char!r}"
         raise CodecError(path, f"contains {what} at index {bad.start()}, which JSON cannot store")
+    return value
+
+
+def _check_int(value: int, path: str) -> int:
+    """Python refuses to turn ints of more than ``sys.get_int_max_str_digits()`` digits into
+    text (and back): such an int could be neither stored nor read by a worker."""
+    limit = sys.get_int_max_str_digits()
+    if limit and value.bit_length() * 0.30103 + 1 > limit:
+        try:
+            str(value)
+        except ValueError:
+            raise CodecError(
+                path,
+                f"is an int of more than {limit} digits, which JSON cannot carry between "
+                "Python processes (sys.get_int_max_str_digits()); store it as a str",
+            ) from None
     return value
 
 
@@ -134,10 +151,20 @@ def encode(value: Any, tp: Any, path: str, depth: int = 0) -> Any:
     if tp is int:
         if not isinstance(value, int) or isinstance(value, bool):
             raise _wrong(path, value, tp)
-        return int(value)
+        return _check_int(int(value), path)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _wrong(path, value, tp)
+        if isinstance(value, int):  # an int where a float is declared must fit exactly
+            if not -(2**53) <= value <= 2**53 and (
+                value.bit_length() > 1024 or int(float(value)) != value
+            ):
+                raise CodecError(
+                    path,
+                    f"is the int {value!r:.40}, which a float cannot hold exactly; "
+                    "annotate the field as int",
+                )
+            return float(value)
         if not math.isfinite(value):
             raise CodecError(path, f"is {value!r}; JSON has no NaN or infinity")
         return float(value)
@@ -234,8 +261,10 @@ def _encode_key(key: Any, tp: Any, path: str) -> str:
 def _encode_any(value: Any, path: str, depth: int) -> Any:
     if depth > MAX_DEPTH:
         raise CodecError(path, f"is nested deeper than {MAX_DEPTH} levels")
-    if value is None or isinstance(value, bool | int):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        return _check_int(value, path)
     if isinstance(value, float):
         if not math.isfinite(value):
             raise CodecError(path, f"is {value!r}; JSON has no NaN or infinity")

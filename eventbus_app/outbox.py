@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, cast
 
 from django.db import connections, router, transaction
@@ -44,11 +46,15 @@ def emit(
     size = payload_size(payload)
     limit = eventbus_settings.MAX_PAYLOAD_BYTES
     if size > limit:
+        # Name the biggest field: that is where the bytes are.
+        sizes = {name: payload_size({name: value}) for name, value in payload.items()}
+        field = max(sizes, key=sizes.__getitem__) if sizes else "*"
         raise PayloadError(
             event.event_type,
-            "*",
-            f"makes the payload {size} bytes, over EVENTBUS['MAX_PAYLOAD_BYTES'] = {limit}; "
-            "store large data elsewhere and put its id in the event",
+            field,
+            f"holds {sizes.get(field, size)} bytes of a {size}-byte payload, over "
+            f"EVENTBUS['MAX_PAYLOAD_BYTES'] = {limit}; store large data elsewhere and put its "
+            "id in the event",
         )
 
     parent = current_delivery()
@@ -124,9 +130,9 @@ def _insert(using: str, **values: Any) -> OutboxEvent:
     values["created_at"] = timezone.now()
     fields = [cast("Field[Any, Any]", OutboxEvent._meta.get_field(n)) for n in _COLUMNS]
     sql = _INSERT_SQL.get(connection.vendor)
+    jsonb = connection.vendor == "postgresql"
     if sql is None:
         qn = connection.ops.quote_name
-        jsonb = connection.vendor == "postgresql"
         placeholders = ["%s::jsonb" if jsonb and f.name == "payload" else "%s" for f in fields]
         sql = _INSERT_SQL[connection.vendor] = (
             f"INSERT INTO {qn(OutboxEvent._meta.db_table)} "
@@ -134,7 +140,7 @@ def _insert(using: str, **values: Any) -> OutboxEvent:
             f"VALUES ({', '.join(placeholders)}) RETURNING {qn('id')}"
         )
     params = [
-        json.dumps(values["payload"], ensure_ascii=False)
+        _payload_json(values["payload"], jsonb)
         if field.name == "payload"
         else field.get_db_prep_save(values[str(field.attname)], connection)
         for field in fields
@@ -146,6 +152,25 @@ def _insert(using: str, **values: Any) -> OutboxEvent:
     record._state.adding = False
     record._state.db = using
     return record
+
+
+# A JSON string (skipped) or a number in exponent form with a positive exponent.
+_EXPONENT_NUMBER = re.compile(r'"(?:[^"\\]|\\.)*"|(-?\d+(?:\.\d+)?e\+\d+)')
+
+
+def _positional(match: re.Match[str]) -> str:
+    number = match.group(1)
+    return match.group() if number is None else format(Decimal(number), "f") + ".0"
+
+
+def _payload_json(payload: dict[str, Any], jsonb: bool) -> str:
+    """The payload as JSON text. For ``jsonb``, floats that Python writes with a positive
+    exponent (``1e+16``) are written out in full with ``.0``: jsonb keeps a number's digits,
+    not its float-ness, and would give ``1e+16`` back as the int ``10000000000000000``."""
+    text = json.dumps(payload, ensure_ascii=False)
+    if jsonb and "e+" in text:
+        text = _EXPONENT_NUMBER.sub(_positional, text)
+    return text
 
 
 async def aemit(

@@ -38,21 +38,37 @@ def _get_broker() -> Any:
     return _broker[1]
 
 
+# After a failed nudge, this process skips nudges for this long, then lets one request try
+# again: a broker that is down must not cost every emitting request a connection timeout
+# (redis-py retries a refused connection for seconds). The sweep finds the events meanwhile.
+NUDGE_RETRY_SECONDS = 10.0
+_nudges_paused_until = 0.0
+
+
 def nudge(using: str = DEFAULT_DB_ALIAS) -> bool:
     """Ask a worker to dispatch now. Never raises: a lost nudge only waits for the sweep."""
-    global _broker
+    global _broker, _nudges_paused_until
     from django_q.tasks import async_task
 
+    now = time.monotonic()
+    if now < _nudges_paused_until:
+        return False
+    if _nudges_paused_until:  # the broker was down: this call probes, the others skip
+        _nudges_paused_until = now + NUDGE_RETRY_SECONDS
     try:
         async_task(DISPATCH, using, save=False, broker=_get_broker(), task_name="eventbus dispatch")
     except Exception:
         _broker = None  # reconnect next time
+        _nudges_paused_until = time.monotonic() + NUDGE_RETRY_SECONDS
         logger.warning(
             "Could not enqueue the eventbus dispatcher (broker down?); the outbox keeps the "
-            "events and the sweep schedule will dispatch them.",
+            "events and the sweep schedule will dispatch them. Nudges from this process "
+            "pause for %.0f s.",
+            NUDGE_RETRY_SECONDS,
             exc_info=True,
         )
         return False
+    _nudges_paused_until = 0.0
     return True
 
 

@@ -7,6 +7,7 @@ docs/RELIABILITY.md). Each scenario appends its figures, one JSON object a line,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -124,10 +125,8 @@ def report(scenario: str, **figures: Any) -> None:
 
 
 def kill(proc: subprocess.Popen[str]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait(timeout=30)
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import random
-from datetime import timedelta
 import time
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
