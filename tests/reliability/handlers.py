@@ -104,10 +104,22 @@ def welcome(event: SignedUp) -> None:
     record("rel.welcome")
 
 
-@handler(Tick, name="rel.flaky", max_attempts=3, retry_backoff=6, retry_backoff_max=6)
+@handler(Tick, name="rel.flaky", max_attempts=3, retry_backoff=12, retry_backoff_max=12)
 def flaky(event: Tick) -> None:
+    """Fails its first attempt; the retry records when it ran by the database's clock."""
+    from django.db import connections
+
     ctx = current_delivery()
     assert ctx is not None
     if ctx.attempt == 1:
         raise RuntimeError(f"first attempt of tick {event.n} fails")
-    record("rel.flaky")
+    with connections[ctx.using].cursor() as cursor:
+        cursor.execute("SELECT clock_timestamp()")
+        ran_at = cursor.fetchone()[0]
+    Effect.objects.using(ctx.using).create(
+        handler="rel.flaky",
+        event_id=ctx.event_id,
+        attempt=ctx.attempt,
+        pid=os.getpid(),
+        note=ran_at.isoformat(),
+    )
