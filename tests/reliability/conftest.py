@@ -184,3 +184,11 @@ def workers(rel_env: dict[str, str], tmp_path: Path) -> Iterator[Workers]:
     pool = Workers(rel_env, logs)
     yield pool
     pool.stop_all()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The full size runs for minutes per scenario: lift pytest-timeout's 300 s for it."""
+    if FULL:
+        for item in items:
+            if "reliability" in item.keywords:
+                item.add_marker(pytest.mark.timeout(1200))
