@@ -180,9 +180,11 @@ def _fan_out(using: str, limit: int | None, token: uuid.UUID | None) -> tuple[in
 
 
 def _leased(using: str, token: uuid.UUID) -> list[Delivery]:
+    # Running rows whose lease has not ended: the range keeps this on the partial due index
+    # (the lease token alone has no index; a scan of all deliveries grows with history).
     return list(
         Delivery.objects.using(using)
-        .filter(lease_token=token)
+        .filter(lease_token=token, status=Status.RUNNING, next_attempt_at__gt=Now())
         .select_related("event")
         .order_by("pk")
     )
