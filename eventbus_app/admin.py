@@ -7,6 +7,7 @@ replay, pause, canary) goes through ``operations.py``, needs the ``retry_deliver
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable
 from datetime import timedelta
@@ -28,6 +29,7 @@ from django.utils.timesince import timesince
 from django.views.decorators.http import require_POST
 
 from . import operations
+from .conf import eventbus_settings
 from .models import (
     DeadLetter,
     Delivery,
@@ -37,13 +39,14 @@ from .models import (
     OutboxEvent,
     RetryCampaign,
 )
-from .redaction import pretty, preview
+from .redaction import pretty, preview, redact
 from .registry import all_handlers
 
 Status = Delivery.Status
 RETRY_PERM = "eventbus_app.retry_delivery"
 REPLAY_PERM = "eventbus_app.replay_event"
 TREE_LIMIT = 200
+SEARCH_SCAN = 1000  # payload-search candidates checked against their redacted text
 
 
 def _actor(request: HttpRequest) -> str:
@@ -173,9 +176,21 @@ class OutboxEventAdmin(AuditRecordAdmin):
             return queryset.filter(correlation_id=uuid.UUID(term)), False
         except ValueError:
             pass
-        # Redacted values still match (README: an operator who knows an address finds its
-        # events without seeing it); the results show them masked.
-        return queryset.filter(Q(event_type__icontains=term) | Q(payload__icontains=term)), False
+        matches = queryset.filter(Q(event_type__icontains=term) | Q(payload__icontains=term))
+        if not eventbus_settings.REDACT_FIELDS:
+            return matches, False
+        # A redacted value must not be confirmable by searching for it: match the redacted
+        # text of the newest SEARCH_SCAN candidates the database found.
+        needle = term.casefold()
+        ids = [
+            pk
+            for pk, event_type, payload in matches.order_by("-pk").values_list(
+                "pk", "event_type", "payload"
+            )[:SEARCH_SCAN]
+            if needle in event_type.casefold()
+            or needle in json.dumps(redact(payload), ensure_ascii=False).casefold()
+        ]
+        return queryset.filter(pk__in=ids), False
 
     @admin.display(description="created", ordering="created_at")
     def created(self, obj: OutboxEvent) -> str:
