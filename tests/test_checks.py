@@ -104,3 +104,17 @@ def test_sqlite_without_immediate_transactions_warns() -> None:
 @pytest.mark.django_db
 def test_migrations_are_up_to_date() -> None:
     call_command("makemigrations", "--check", "--dry-run", verbosity=0)
+
+
+def test_readme_documents_every_setting_with_its_default() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for key, option in OPTIONS.items():
+        assert f"| `{key}` |" in readme, f"README's settings table lacks {key}"
+        row = readme.split(f"| `{key}` |")[1].split("\n")[0]
+        default = option.default
+        shown = (
+            f"`{default!r}`".replace("'", '"') if not isinstance(default, bool) else f"`{default}`"
+        )
+        assert shown in row, f"README shows another default for {key}: {row}"
