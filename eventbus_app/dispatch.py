@@ -162,9 +162,13 @@ def _fan_out(using: str, limit: int | None, token: uuid.UUID | None) -> tuple[in
             "next_attempt_at": events[0][2],
         }
         deliveries: list[Delivery] = []
+        names_by_type: dict[str, list[str]] = {}  # resolve each event type once per batch
         for pk, event_type, _ in events:
-            cls = event_class(event_type)
-            names = [s.name for s in handlers_for(cls)] if cls is not None else [UNROUTABLE]
+            names = names_by_type.get(event_type)
+            if names is None:
+                cls = event_class(event_type)
+                names = [s.name for s in handlers_for(cls)] if cls is not None else [UNROUTABLE]
+                names_by_type[event_type] = names
             deliveries.extend(
                 Delivery(event_id=pk, handler=name)
                 if token is None or name in paused
