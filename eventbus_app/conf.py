@@ -49,10 +49,12 @@ OPTIONS: dict[str, Option] = {
     "SWEEP_MINUTES": Option(1, (int,), "Interval of the django-q2 schedule that sweeps.", 1),
     "NUDGE": Option(True, (bool,), "Enqueue a dispatch task when an emitting commit ends."),
     "NUDGE_BACKGROUND": Option(
-        False,
+        True,
         (bool,),
-        "Send the nudge from a background thread of the process (brokers other than the ORM "
-        "one): the commit does not wait for the broker; nudges due together are sent as one.",
+        "Send the nudge from a background thread of the process, so the commit does not wait "
+        "for the broker; nudges due together are sent as one, and pending ones are sent when "
+        "the process exits. Off: the commit sends it. (Not used with django-q2's ORM broker "
+        "on the emitting database: its task is written inside the transaction.)",
     ),
     "DATABASES": Option(
         ("default",), (list, tuple), "Database aliases the dispatcher and sweep serve."

@@ -11,9 +11,11 @@ decision is recorded in our tables; a worker that dies leaves only a lease that 
   it, and marks them ``RUNNING`` under a fresh lease token in one statement (``UPDATE …
   WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED LIMIT n)``). The token guards every later
   write, so a worker whose lease expired cannot record an outcome.
-* **Deliver** runs each handler in a savepoint together with the update that marks it
-  succeeded; a batch commits once on PostgreSQL (SQLite commits per delivery so that one
-  batch never holds its write lock for long).
+* **Deliver** runs a batch in chunks of about a second, each one transaction on PostgreSQL:
+  the chunk locks its leased rows, runs every handler in its own savepoint (sent only if the
+  handler uses the database: ``savepoint.py``) and marks the successes in one UPDATE before
+  it commits. SQLite commits per delivery, so that one batch never holds its write lock for
+  long.
 
 Due times and leases use the database's clock (``Now()``), so workers with skewed clocks
 neither run retries early nor starve them.
@@ -26,7 +28,7 @@ import random
 import time
 import traceback as tb
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
@@ -50,6 +52,7 @@ from .exceptions import (
 )
 from .models import Delivery, DeliveryAttempt, HandlerState, OutboxEvent
 from .registry import HandlerSpec, get_handler, handlers_for
+from .savepoint import lazy_savepoint
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +77,7 @@ class Counts:
     released: int = 0
     errors: int = 0
     more: bool = False  # stopped by the time budget with work still due
+    full: bool = False  # a batch came back full: a backlog more workers could share
 
     def add(self, other: Counts) -> None:
         for name in (
@@ -407,7 +411,9 @@ def _deliver_one(
         stopped: list[Exception] = []
         reset_stopped = _stopped.set(stopped)
         try:
-            with transaction.atomic(using=using):
+            # In a batch transaction the handler gets a savepoint only if it uses this
+            # database (savepoint.py); alone, it runs in a transaction of its own.
+            with lazy_savepoint(using) if locked else transaction.atomic(using=using):
                 if spec.is_async:
                     async_to_sync(spec.func)(event)
                 else:
@@ -596,6 +602,8 @@ def run_once(using: str = "default", counts: Counts | None = None) -> Counts:
     if fresh:
         deliver(using, token, fresh, claimed_at=claimed_at, counts=counts)
     counts.more = bool(counts.fanned_out or claimed)
+    batch = eventbus_settings.BATCH_SIZE
+    counts.full = counts.full or len(claimed) >= batch or fanned_out >= batch
     return counts
 
 
@@ -604,8 +612,12 @@ def run(
     *,
     seconds: float | None = None,
     max_errors: int = 5,
+    on_backlog: Callable[[], None] | None = None,
 ) -> Counts:
-    """Work until nothing is due (or ``seconds`` have passed; then ``more`` is True)."""
+    """Work until nothing is due (or ``seconds`` have passed; then ``more`` is True).
+
+    ``on_backlog`` is called once, after the first batch that came back full: the caller
+    may ask more workers to share the backlog."""
     total = Counts()
     deadline = time.monotonic() + seconds if seconds is not None else None
     consecutive_errors = 0
@@ -615,6 +627,10 @@ def run(
         with _recovering(using, total):
             run_once(using, step)
         total.add(step)
+        if step.full and not total.full:
+            total.full = True
+            if on_backlog is not None:
+                on_backlog()
         if total.errors > before:
             # Errors count as consecutive only while no work commits: a worker whose
             # connection keeps dropping but who gets work done between drops keeps going.

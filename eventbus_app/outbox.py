@@ -43,8 +43,10 @@ def emit(
             f"emit() takes an Event instance, got {type(event).__name__} {event!r:.80}"
         )
     payload = event.to_json()
-    size = payload_size(payload)
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     limit = eventbus_settings.MAX_PAYLOAD_BYTES
+    # len(text) <= bytes <= 4 * len(text): encode only when the limit is within reach.
+    size = len(text) if len(text) * 4 <= limit else len(text.encode())
     if size > limit:
         # Name the biggest field: that is where the bytes are.
         sizes = {name: payload_size({name: value}) for name, value in payload.items()}
@@ -93,6 +95,7 @@ def emit(
     with transaction.atomic(using=using, savepoint=False):
         record = _insert(
             using,
+            text,
             event_type=event.event_type,
             version=event.version,
             payload=payload,
@@ -109,7 +112,6 @@ def emit(
     return record
 
 
-_INSERT_SQL: dict[str, str] = {}
 _COLUMNS = (
     "event_type",
     "version",
@@ -119,32 +121,53 @@ _COLUMNS = (
     "depth",
     "created_at",
 )
+# Per database vendor: the INSERT statement, and the fields whose values the backend must
+# adapt (uuid and datetime on SQLite, say); the others go to the driver as they are.
+_INSERT: dict[str, tuple[str, list[tuple[int, Field[Any, Any]]]]] = {}
 
 
-def _insert(using: str, **values: Any) -> OutboxEvent:
-    """One INSERT … RETURNING id, with the ORM's own value adaptation but not its overhead
-    (emit() is on the request path; the model's save() machinery costs more than the SQL)."""
+def _prepared_insert(connection: Any) -> tuple[str, list[tuple[int, Field[Any, Any]]]]:
     from .models import OutboxEvent
 
-    connection = connections[using]
-    values["created_at"] = timezone.now()
-    fields = [cast("Field[Any, Any]", OutboxEvent._meta.get_field(n)) for n in _COLUMNS]
-    sql = _INSERT_SQL.get(connection.vendor)
-    jsonb = connection.vendor == "postgresql"
-    if sql is None:
+    prepared = _INSERT.get(connection.vendor)
+    if prepared is None:
+        fields = [cast("Field[Any, Any]", OutboxEvent._meta.get_field(n)) for n in _COLUMNS]
         qn = connection.ops.quote_name
+        jsonb = connection.vendor == "postgresql"
         placeholders = ["%s::jsonb" if jsonb and f.name == "payload" else "%s" for f in fields]
-        sql = _INSERT_SQL[connection.vendor] = (
+        sql = (
             f"INSERT INTO {qn(OutboxEvent._meta.db_table)} "
             f"({', '.join(qn(str(f.column)) for f in fields)}) "
             f"VALUES ({', '.join(placeholders)}) RETURNING {qn('id')}"
         )
+        adapt = [(i, f) for i, f in enumerate(fields) if f.name in ("correlation_id", "created_at")]
+        prepared = _INSERT[connection.vendor] = (sql, adapt)
+    return prepared
+
+
+def _insert(using: str, text: str, **values: Any) -> OutboxEvent:
+    """One INSERT … RETURNING id, with the ORM's own value adaptation but not its overhead
+    (emit() is on the request path; the model's save() machinery costs more than the SQL).
+    ``text`` is the payload's JSON."""
+    from .models import OutboxEvent
+
+    connection = connections[using]
+    values["created_at"] = timezone.now()
+    sql, adapt = _prepared_insert(connection)
+    if connection.vendor == "postgresql" and "e+" in text:
+        # jsonb keeps a number's digits, not its float-ness: 1e+16 would come back an int.
+        text = _EXPONENT_NUMBER.sub(_positional, text)
     params = [
-        _payload_json(values["payload"], jsonb)
-        if field.name == "payload"
-        else field.get_db_prep_save(values[str(field.attname)], connection)
-        for field in fields
+        values["event_type"],
+        values["version"],
+        text,
+        values["correlation_id"],
+        values["causation_id"],
+        values["depth"],
+        values["created_at"],
     ]
+    for index, field in adapt:
+        params[index] = field.get_db_prep_save(params[index], connection)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
@@ -154,23 +177,14 @@ def _insert(using: str, **values: Any) -> OutboxEvent:
     return record
 
 
-# A JSON string (skipped) or a number in exponent form with a positive exponent.
+# A JSON string (skipped) or a number in exponent form with a positive exponent: written
+# out in full with ".0" for jsonb.
 _EXPONENT_NUMBER = re.compile(r'"(?:[^"\\]|\\.)*"|(-?\d+(?:\.\d+)?e\+\d+)')
 
 
 def _positional(match: re.Match[str]) -> str:
     number = match.group(1)
     return match.group() if number is None else format(Decimal(number), "f") + ".0"
-
-
-def _payload_json(payload: dict[str, Any], jsonb: bool) -> str:
-    """The payload as JSON text. For ``jsonb``, floats that Python writes with a positive
-    exponent (``1e+16``) are written out in full with ``.0``: jsonb keeps a number's digits,
-    not its float-ness, and would give ``1e+16`` back as the int ``10000000000000000``."""
-    text = json.dumps(payload, ensure_ascii=False)
-    if jsonb and "e+" in text:
-        text = _EXPONENT_NUMBER.sub(_positional, text)
-    return text
 
 
 async def aemit(

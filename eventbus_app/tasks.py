@@ -9,6 +9,7 @@ because the sweep schedule finds the work again.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -73,42 +74,66 @@ def nudge(using: str = DEFAULT_DB_ALIAS) -> bool:
 
 
 _pending: set[str] = set()
-_pending_lock = threading.Lock()
+_in_flight = 0
+_pending_lock = threading.Condition()
 _wake = threading.Event()
 _nudger: tuple[int, threading.Thread] | None = None
+# How long an exiting process waits for the nudger thread to send what is pending.
+EXIT_FLUSH_SECONDS = 2.0
 
 
 def nudge_in_background(using: str = DEFAULT_DB_ALIAS) -> None:
     """Hand the nudge to this process's nudger thread (``EVENTBUS['NUDGE_BACKGROUND']``).
 
     The committing request does not wait for the broker, and aliases nudged while the
-    thread is busy are sent once. A nudge lost with the process only waits for the sweep.
-    With django-q2's ORM broker the nudge is sent at once (it writes through a database
-    connection, which a background thread should not hold)."""
+    thread is busy are sent once. Pending nudges are sent when the process exits normally
+    (a script that emits and ends); one lost with a killed process only waits for the
+    sweep. django-q2's ORM broker (a database write, which a background thread should not
+    hold a connection for) and its sync mode (the task would run in the thread) nudge at
+    once."""
     global _nudger
     from django_q.conf import Conf
 
-    if Conf.ORM:
+    if Conf.ORM or Conf.SYNC:
         nudge(using)
         return
     with _pending_lock:
         _pending.add(using)
         if _nudger is None or _nudger[0] != os.getpid() or not _nudger[1].is_alive():
+            first = _nudger is None
             thread = threading.Thread(target=_send_pending, name="eventbus-nudger", daemon=True)
             _nudger = (os.getpid(), thread)
             thread.start()
+            if first:
+                atexit.register(_flush_at_exit)
     _wake.set()
 
 
 def _send_pending() -> None:
+    global _in_flight
     while True:
         _wake.wait()
         _wake.clear()
         with _pending_lock:
             aliases = sorted(_pending)
             _pending.clear()
-        for using in aliases:
-            nudge(using)
+            _in_flight += 1
+        try:
+            for using in aliases:
+                nudge(using)
+        finally:
+            with _pending_lock:
+                _in_flight -= 1
+                _pending_lock.notify_all()
+
+
+def _flush_at_exit() -> None:
+    """Wait (briefly) until the nudger thread has sent every pending nudge."""
+    if _nudger is None or _nudger[0] != os.getpid() or not _nudger[1].is_alive():
+        return
+    _wake.set()
+    with _pending_lock:
+        _pending_lock.wait_for(lambda: not _pending and not _in_flight, EXIT_FLUSH_SECONDS)
 
 
 def enqueue_in_transaction(using: str) -> bool:
@@ -125,15 +150,38 @@ def enqueue_in_transaction(using: str) -> bool:
     return True
 
 
-def dispatch(using: str = DEFAULT_DB_ALIAS) -> dict[str, Any]:
-    """django-q2 task: work until idle or ``DISPATCH_SECONDS``, then hand over."""
+# A dispatch task that finds a backlog (a full batch) asks this many helpers to join it, at
+# most: one per other worker of the cluster.
+MAX_HELPERS = 7
+
+
+def dispatch(using: str = DEFAULT_DB_ALIAS, helper: bool = False) -> dict[str, Any]:
+    """django-q2 task: work until idle or ``DISPATCH_SECONDS``, then hand over.
+
+    One nudge starts one task, so a backlog (after an outage, or a burst that outran the
+    nudges) would be drained by one worker. A task that finds one enqueues ``helper``
+    tasks for the cluster's other workers; helpers work until idle or their time is up and
+    then end: they recruit nobody and hand over to nobody, so their number stays bounded
+    (the task that recruited them hands over as usual)."""
+    from django_q.conf import Conf
+
     from . import dispatch as dispatcher
 
+    def recruit() -> None:
+        for _ in range(min(MAX_HELPERS, max(int(Conf.WORKERS or 1) - 1, 0))):
+            _enqueue(using, helper=True)
+
     try:
-        counts = dispatcher.run(using, seconds=eventbus_settings.DISPATCH_SECONDS)
+        counts = dispatcher.run(
+            using,
+            seconds=eventbus_settings.DISPATCH_SECONDS,
+            on_backlog=None if helper else recruit,
+        )
     except Exception:  # never let django-q2 see a failure: it would re-deliver the task
         logger.exception("eventbus dispatch on %r failed; the sweep will retry", using)
         return {"error": True}
+    if helper:
+        return counts.as_dict()
     if counts.more:
         nudge(using)
     else:
@@ -145,6 +193,17 @@ def dispatch(using: str = DEFAULT_DB_ALIAS) -> dict[str, Any]:
         if wait is not None and 0 < wait < eventbus_settings.SWEEP_MINUTES * 60:
             wake_later(using, wait)
     return counts.as_dict()
+
+
+def _enqueue(using: str, helper: bool) -> None:
+    from django_q.tasks import async_task
+
+    try:
+        async_task(
+            DISPATCH, using, helper, save=False, broker=_get_broker(), task_name="eventbus helper"
+        )
+    except Exception:
+        logger.warning("Could not enqueue an eventbus helper task", exc_info=True)
 
 
 _timers: dict[str, tuple[int, float, threading.Timer]] = {}

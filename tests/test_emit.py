@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 import uuid
 from typing import Any
@@ -14,6 +15,7 @@ from eventbus_app import EventBusError, current_delivery, emit, signals
 from eventbus_app.models import Delivery, OutboxEvent
 from eventbus_app.outbox import _Nudge
 from eventbus_app.testing import capture_events, drain
+from tests.conftest import ROOT
 from tests.testapp.events import Chain, UserRegistered, Work
 from tests.testapp.models import Account, Effect
 
@@ -128,10 +130,15 @@ def test_no_nudge_when_disabled(settings: Any, django_capture_on_commit_callback
     assert not [c for c in callbacks if isinstance(c, _Nudge)]
 
 
+@pytest.mark.parametrize("background", [True, False], ids=["background", "at-commit"])
 def test_a_failing_nudge_is_logged_and_never_raises(
-    caplog: pytest.LogCaptureFixture, django_capture_on_commit_callbacks: Any
+    background: bool,
+    settings: Any,
+    caplog: pytest.LogCaptureFixture,
+    django_capture_on_commit_callbacks: Any,
 ) -> None:
-    """The broker is really down: a Redis broker pointed at a closed loopback port."""
+    """The broker is really down: a Redis broker pointed at a closed loopback port. From
+    the nudger thread (the default) or from the committing thread."""
     import socket
 
     from django_q.conf import Conf
@@ -145,11 +152,15 @@ def test_a_failing_nudge_is_logged_and_never_raises(
     Conf.ORM, Conf.BROKER_CLASS = None, None
     Conf.REDIS = {"host": "127.0.0.1", "port": closed_port, "socket_connect_timeout": 1}
     tasks._broker = None
+    settings.EVENTBUS = {**settings.EVENTBUS, "NUDGE_BACKGROUND": background}
     try:
         with caplog.at_level(logging.WARNING, logger="eventbus_app.tasks"):
             with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
                 record = emit(Work(key="kept"))
             assert OutboxEvent.objects.filter(pk=record.pk).exists()
+            deadline = time.monotonic() + 10
+            while "Could not enqueue" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.01)  # the nudger thread reports it
         assert "Could not enqueue the eventbus dispatcher" in caplog.text
         # Found by tests/reliability (broker outage): each failed nudge cost its request
         # redis-py's connection retries (3.5 s). Now the next nudges skip the dead broker.
@@ -292,3 +303,55 @@ def test_background_nudge_reaches_the_redis_broker_after_commit(settings: Any) -
         pre_enqueue.disconnect(seen)
         broker.purge_queue()
         Conf.ORM, Conf.REDIS, Conf.BROKER_CLASS, tasks._broker = saved
+
+
+EXIT_SCRIPT = """
+import time
+import django
+django.setup()
+from django.db import transaction
+from eventbus_app import emit, tasks
+from tests.testapp.events import Work
+
+send = tasks.nudge
+def slow_nudge(using):  # a slow broker: the process is exiting before the push is done
+    time.sleep(0.5)
+    return send(using)
+tasks.nudge = slow_nudge
+with transaction.atomic():
+    emit(Work(key="emitted by a script that exits at once"))
+"""
+
+
+def test_a_process_that_exits_right_after_commit_still_sends_its_background_nudge(
+    worker_env: dict[str, str],
+) -> None:
+    """The default background nudge is flushed at exit (real process, real Redis)."""
+    import subprocess
+    import sys
+
+    import redis
+
+    env = {
+        **worker_env,
+        "EVENTBUS_TEST_BROKER": "redis",
+        "EVENTBUS_TEST_SUFFIX": f"{os.environ.get('EVENTBUS_TEST_SUFFIX', 'main')}-exit",
+    }
+    key = f"django_q:eventbus-test-{env['EVENTBUS_TEST_SUFFIX']}:q"  # django-q2's list
+    client = redis.Redis(host="127.0.0.1", port=6379)
+    client.delete(key)
+    try:
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-c", EXIT_SCRIPT],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert client.llen(key) == 1, "the nudge was lost when the process exited"
+        assert time.monotonic() - started < 30
+    finally:
+        client.delete(key)

@@ -213,3 +213,31 @@ def test_qcluster_runs_a_due_retry_without_waiting_for_the_sweep(
     retried = Delivery.objects.get(handler="testapp.record")
     assert retried.attempts == 2
     assert list(retried.history.values_list("outcome", flat=True)) == ["failed"]
+
+
+@pytest.mark.postgres
+def test_one_nudge_on_a_backlog_brings_in_the_other_worker(
+    spawn: Any, worker_env: dict[str, str], settings: Any
+) -> None:
+    """A backlog (nudges lost in an outage, say) woken by one task is shared by both workers:
+    the task that finds a full batch enqueues a helper for the cluster's other worker."""
+    from django_q.models import Schedule
+
+    from eventbus_app import tasks
+
+    Schedule.objects.all().delete()  # only the one nudge below may start work
+    settings.EVENTBUS = {**settings.EVENTBUS, "NUDGE": False}
+    with transaction.atomic():
+        for i in range(150):
+            emit(Work(key=f"k{i}", sleep=0.01))
+    assert tasks.nudge() is True
+    spawn("qcluster", env={**worker_env, "EVENTBUS_TEST_SETTINGS": '{"BATCH_SIZE": 10}'})
+    wait_until(
+        lambda: Delivery.objects.filter(status=Status.SUCCEEDED).count() == 300,
+        90,
+        "qcluster to drain the backlog",
+    )
+    assert_each_ran_once(150)
+    by_pid = Counter(Effect.objects.values_list("pid", flat=True))
+    assert len(by_pid) == 2, f"one worker did all the work: {by_pid}"
+    assert min(by_pid.values()) >= 20  # the helper did a real share, not a stray batch
