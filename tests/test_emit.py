@@ -299,6 +299,23 @@ def test_background_nudge_reaches_the_redis_broker_after_commit(settings: Any) -
         task = SignedPackage.loads(broker.dequeue()[0][1])
         assert (task["func"], task["args"]) == ("eventbus_app.tasks.dispatch", ("default",))
         assert senders == ["eventbus-nudger"]  # not the committing thread
+
+        # While a push is slow, the commits that land meanwhile share the next nudge.
+        send = tasks.nudge
+
+        def slow_nudge(using: str = "default") -> bool:
+            time.sleep(0.3)
+            return send(using)
+
+        tasks.nudge = slow_nudge  # type: ignore[assignment]
+        try:
+            for i in range(10):
+                with transaction.atomic():
+                    emit(Work(key=f"burst {i}"))
+            tasks._flush_at_exit()  # waits for the thread to send what is pending
+        finally:
+            tasks.nudge = send  # type: ignore[assignment]
+        assert broker.queue_size() == 2  # the first commit's nudge, then one for the rest
     finally:
         pre_enqueue.disconnect(seen)
         broker.purge_queue()
