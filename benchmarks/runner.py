@@ -149,14 +149,17 @@ def analyze() -> None:
 # --- worker processes --------------------------------------------------------------------
 
 
-def _env() -> dict[str, str]:
+def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
     return env
 
 
 @contextlib.contextmanager
-def processes(*commands: list[str]) -> Iterator[list[subprocess.Popen[bytes]]]:
+def processes(
+    *commands: list[str], env: dict[str, str] | None = None
+) -> Iterator[list[subprocess.Popen[bytes]]]:
     logs = []
     procs = []
     try:
@@ -166,7 +169,7 @@ def processes(*commands: list[str]) -> Iterator[list[subprocess.Popen[bytes]]]:
             procs.append(
                 subprocess.Popen(
                     cmd,
-                    env=_env(),
+                    env=_env(**(env or {})),
                     cwd=ROOT,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -193,8 +196,8 @@ def processes(*commands: list[str]) -> Iterator[list[subprocess.Popen[bytes]]]:
             log.close()
 
 
-def qcluster() -> contextlib.AbstractContextManager[list[subprocess.Popen[bytes]]]:
-    return processes([sys.executable, "-m", "django", "qcluster"])
+def qcluster(**env: str) -> contextlib.AbstractContextManager[list[subprocess.Popen[bytes]]]:
+    return processes([sys.executable, "-m", "django", "qcluster"], env=env)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -210,7 +213,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 
 def emit_cost(size: Size, report: Report, peer: bool) -> None:
     from django.conf import settings
-    from django.db import transaction
+    from django.db import connection, transaction
     from django.test import override_settings
     from django_q.tasks import async_task
 
@@ -243,6 +246,11 @@ def emit_cost(size: Size, report: Report, peer: bool) -> None:
     }
     at_commit = override_settings(EVENTBUS={**settings.EVENTBUS, "NUDGE_BACKGROUND": False})
     configs = {"eventbus_sync": at_commit}
+    if connection.vendor == "postgresql":
+        variants["eventbus_notify"] = eventbus
+        configs["eventbus_notify"] = override_settings(
+            EVENTBUS={**settings.EVENTBUS, "NOTIFY": True}
+        )
     if peer:
         from django_domain_events import fire
 
@@ -281,6 +289,7 @@ def emit_cost(size: Size, report: Report, peer: bool) -> None:
             "bare": "create() alone",
             "eventbus": "create() + emit() (defaults; commit-time work included)",
             "eventbus_sync": "create() + emit(), NUDGE_BACKGROUND off (commit sends the nudge)",
+            "eventbus_notify": "create() + emit(), NOTIFY on",
             "baseline": "create() + 4x on_commit(async_task)",
             "peer": "create() + django-domain-events fire()",
         }[name]
@@ -434,15 +443,12 @@ def _warm_cluster() -> None:
     wait_for(lambda: Mark.objects.filter(key__in=[-1, -2]).count() == 2, 60, "workers")
 
 
-def throughput(
-    size: Size, report: Report, with_peer: bool, peer_error: str, then: Callable[[], None]
-) -> None:
+def throughput(size: Size, report: Report, with_peer: bool, peer_error: str) -> None:
     out: dict[str, Any] = {}
     with qcluster():
         _warm_cluster()
         out["eventbus"] = _throughput_eventbus(size)
         out["baseline"] = _throughput_baseline(size)
-        then()  # the latency probes use the same (now idle) cluster
     from django.db import connection
 
     if with_peer and connection.vendor == "sqlite":
@@ -493,8 +499,8 @@ def throughput(
 # --- 3. latency --------------------------------------------------------------------------
 
 
-def latency(size: Size, report: Report, broker: str, running: bool = False) -> None:
-    from django.db import transaction
+def latency(size: Size, report: Report, broker: str) -> None:
+    from django.db import connection, transaction
     from django_q.tasks import async_task
 
     from eventbus_app import emit
@@ -520,27 +526,45 @@ def latency(size: Size, report: Report, broker: str, running: bool = False) -> N
         wait_for(lambda: marks.count() >= size.latency_samples, 60, f"{kind} latency probes")
         return [m.started - committed[m.key] for m in marks]
 
+    def summary(lat: list[float]) -> dict[str, Any]:
+        return {
+            "samples": len(lat),
+            "p50_ms": _pct(lat, 50) * 1000,
+            "p99_ms": _pct(lat, 99) * 1000,
+            "max_ms": max(lat) * 1000,
+        }
+
     out: dict[str, Any] = {}
-    with qcluster() if not running else contextlib.nullcontext():
+    with qcluster():
         _warm_cluster()
         for kind in ("eventbus", "baseline"):
-            lat = probe(kind)
-            out[kind] = {
-                "samples": len(lat),
-                "p50_ms": _pct(lat, 50) * 1000,
-                "p99_ms": _pct(lat, 99) * 1000,
-                "max_ms": max(lat) * 1000,
-            }
+            out[kind] = summary(probe(kind))
+    if connection.vendor == "postgresql":
+        out["eventbus_notify"] = summary(_notify_probe(probe))
     rate = 1 / size.latency_interval
     target = "p50 <= 15, p99 <= 60" if broker == "redis" else "p50 <= 100"
     for kind, r in out.items():
+        label = {"eventbus_notify": "eventbus, NOTIFY on"}.get(kind, kind)
         report.add(
             "latency",
-            f"{kind}: commit -> handler start p50 / p99 ms (~{rate:.0f}/s)",
+            f"{label}: commit -> handler start p50 / p99 ms (~{rate:.0f}/s)",
             f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f}",
             target if kind == "eventbus" else "",
         )
     report.data["latency"] = out
+
+
+def _notify_probe(probe: Callable[[str], list[float]]) -> list[float]:
+    """The probe again with EVENTBUS['NOTIFY'] on, in this process and in a new cluster."""
+    from django.conf import settings
+    from django.test import override_settings
+
+    with (
+        override_settings(EVENTBUS={**settings.EVENTBUS, "NOTIFY": True}),
+        qcluster(BENCH_NOTIFY="1"),
+    ):
+        _warm_cluster()
+        return probe("eventbus")
 
 
 # --- 4. backlog --------------------------------------------------------------------------
@@ -799,13 +823,9 @@ def run(args: argparse.Namespace, peer_error: str) -> int:
     if "emit" in sections:
         emit_cost(size, report, with_peer)
 
-    def then() -> None:
-        if "latency" in sections:
-            latency(size, report, args.broker, running=True)
-
     if "throughput" in sections:
-        throughput(size, report, with_peer, peer_error, then)
-    elif "latency" in sections:
+        throughput(size, report, with_peer, peer_error)
+    if "latency" in sections:
         latency(size, report, args.broker)
     if "backlog" in sections:
         backlog(size, report)

@@ -2,7 +2,8 @@
 
 ``BENCH_DB`` (sqlite|postgres), ``BENCH_BROKER`` (orm|redis), ``BENCH_DB_NAME`` (the
 database the runner created), ``BENCH_SUFFIX`` (keeps parallel runs apart: database,
-django-q2 cluster and queue names), ``BENCH_PEER=1`` adds django-domain-events.
+django-q2 cluster and queue names), ``BENCH_PEER=1`` adds django-domain-events,
+``BENCH_NOTIFY=1`` turns ``EVENTBUS['NOTIFY']`` on.
 PostgreSQL is reached on ``EVENTBUS_PG_HOST``/``EVENTBUS_PG_PORT`` (127.0.0.1:5432) as
 ``EVENTBUS_PG_USER`` (postgres); Redis on ``BENCH_REDIS_PORT`` (6379).
 """
@@ -85,6 +86,7 @@ else:
 EVENTBUS: dict[str, object] = {
     "LEASE_SECONDS": 120,
     "DISPATCH_SECONDS": 10,
+    "NOTIFY": os.environ.get("BENCH_NOTIFY") == "1",  # the latency run's second cluster
 }
 
 DJANGO_DOMAIN_EVENTS = {

@@ -56,6 +56,14 @@ OPTIONS: dict[str, Option] = {
         "the process exits. Off: the commit sends it. (Not used with django-q2's ORM broker "
         "on the emitting database: its task is written inside the transaction.)",
     ),
+    "NOTIFY": Option(
+        False,
+        (bool,),
+        "PostgreSQL: emit() also sends NOTIFY, and one idle dispatch task per database "
+        "listens for it until its DISPATCH_SECONDS are up, so new events start within "
+        "milliseconds even where the broker polls (django-q2's ORM broker). Costs: that "
+        "task holds a worker while it listens, and PostgreSQL serialises notifying commits.",
+    ),
     "DATABASES": Option(
         ("default",), (list, tuple), "Database aliases the dispatcher and sweep serve."
     ),

@@ -121,15 +121,18 @@ _COLUMNS = (
     "depth",
     "created_at",
 )
-# Per database vendor: the INSERT statement, and the fields whose values the backend must
-# adapt (uuid and datetime on SQLite, say); the others go to the driver as they are.
-_INSERT: dict[str, tuple[str, list[tuple[int, Field[Any, Any]]]]] = {}
+# Per database vendor (and NOTIFY on or off): the INSERT statement, and the fields whose
+# values the backend must adapt (uuid and datetime on SQLite, say); the others go to the
+# driver as they are.
+_INSERT: dict[tuple[str, bool], tuple[str, list[tuple[int, Field[Any, Any]]]]] = {}
 
 
 def _prepared_insert(connection: Any) -> tuple[str, list[tuple[int, Field[Any, Any]]]]:
     from .models import OutboxEvent
+    from .wakeup import CHANNEL, notifies
 
-    prepared = _INSERT.get(connection.vendor)
+    key = (connection.vendor, notifies(connection))
+    prepared = _INSERT.get(key)
     if prepared is None:
         fields = [cast("Field[Any, Any]", OutboxEvent._meta.get_field(n)) for n in _COLUMNS]
         qn = connection.ops.quote_name
@@ -140,8 +143,11 @@ def _prepared_insert(connection: Any) -> tuple[str, list[tuple[int, Field[Any, A
             f"({', '.join(qn(str(f.column)) for f in fields)}) "
             f"VALUES ({', '.join(placeholders)}) RETURNING {qn('id')}"
         )
+        if key[1]:
+            # Delivered at commit, in the same statement: no extra round trip.
+            sql += f", pg_notify('{CHANNEL}', '')"
         adapt = [(i, f) for i, f in enumerate(fields) if f.name in ("correlation_id", "created_at")]
-        prepared = _INSERT[connection.vendor] = (sql, adapt)
+        prepared = _INSERT[key] = (sql, adapt)
     return prepared
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError
 
+from . import wakeup
 from .conf import eventbus_settings
 
 logger = logging.getLogger(__name__)
@@ -177,12 +178,24 @@ def dispatch(using: str = DEFAULT_DB_ALIAS, helper: bool = False) -> dict[str, A
         for _ in range(min(MAX_HELPERS, max(int(Conf.WORKERS or 1) - 1, 0))):
             _enqueue(using, helper=True)
 
-    try:
-        counts = dispatcher.run(
+    deadline = time.monotonic() + eventbus_settings.DISPATCH_SECONDS
+    counts = dispatcher.Counts()
+
+    def work() -> bool:
+        """Dispatch until idle or the deadline; True if it went idle in time."""
+        step = dispatcher.run(
             using,
-            seconds=eventbus_settings.DISPATCH_SECONDS,
+            seconds=max(deadline - time.monotonic(), 0.0),
             on_backlog=None if helper else recruit,
         )
+        counts.add(step)
+        counts.more = step.more
+        return not step.more
+
+    try:
+        if work() and not helper:
+            # EVENTBUS['NOTIFY']: idle, this task may stay as the database's listener.
+            wakeup.listen(using, deadline - time.monotonic(), work)
     except Exception:  # never let django-q2 see a failure: it would re-deliver the task
         logger.exception("eventbus dispatch on %r failed; the sweep will retry", using)
         return {"error": True}

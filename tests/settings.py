@@ -115,7 +115,7 @@ Q_CLUSTER: dict[str, object] = {
     "ack_failures": True,
     "save_limit": -1,
     "catch_up": False,
-    "poll": 0.05,
+    "poll": float(os.environ.get("EVENTBUS_TEST_POLL", "0.05")),
     "guard_cycle": 0.5,
     "daemonize_workers": False,
 }
