@@ -70,7 +70,28 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                     id="eventbus_app.E005",
                 )
             )
+        if eventbus_settings.NOTIFY:
+            errors += notify_messages(settings.DATABASES, eventbus_settings.DATABASES)
     return errors
+
+
+def notify_messages(databases: dict[str, Any], aliases: list[str]) -> list[CheckMessage]:
+    """EVENTBUS['NOTIFY'] is on: warn about served databases that cannot NOTIFY."""
+    not_pg = [
+        a
+        for a in aliases
+        if a in databases and not databases[a].get("ENGINE", "").endswith("postgresql")
+    ]
+    if not not_pg:
+        return []
+    return [
+        Warning(
+            f"EVENTBUS['NOTIFY'] is on, but {not_pg} are not PostgreSQL: events there wake "
+            "the dispatcher through the nudge and the sweep only.",
+            hint="NOTIFY is a PostgreSQL feature; leave it off elsewhere.",
+            id="eventbus_app.W016",
+        )
+    ]
 
 
 @register(Tags.compatibility)

@@ -6,8 +6,15 @@ import pytest
 from django.core.management import call_command
 from django.test import override_settings
 
-from eventbus_app.checks import check_django_q, check_settings, check_sqlite, sqlite_messages
+from eventbus_app.checks import (
+    check_django_q,
+    check_settings,
+    check_sqlite,
+    notify_messages,
+    sqlite_messages,
+)
 from eventbus_app.conf import OPTIONS, eventbus_settings
+from tests.conftest import ON_POSTGRES
 
 
 def ids(messages: list[Any]) -> list[str]:
@@ -61,6 +68,18 @@ def test_bad_settings_are_check_errors_that_name_the_key(
 def test_valid_settings_pass() -> None:
     with override_settings(EVENTBUS={"LEASE_SECONDS": 1, "RETRY_BACKOFF": 0.5}):
         assert check_settings() == []
+
+
+def test_notify_on_a_database_that_is_not_postgresql_is_a_warning() -> None:
+    sqlite = {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
+    postgres = {"ENGINE": "django.db.backends.postgresql", "NAME": "x"}
+    messages = notify_messages({"default": postgres, "local": sqlite}, ["default", "local"])
+    assert ids(messages) == ["eventbus_app.W016"]
+    assert "['local']" in messages[0].msg
+    assert notify_messages({"default": postgres, "local": sqlite}, ["default"]) == []
+    with override_settings(EVENTBUS={"NOTIFY": True}):  # reaches the registered check
+        expected = [] if ON_POSTGRES else ["eventbus_app.W016"]
+        assert ids(check_settings()) == expected
 
 
 def test_a_bad_setting_fails_manage_py_check() -> None:

@@ -302,14 +302,19 @@ def test_background_nudge_reaches_the_redis_broker_after_commit(settings: Any) -
 
         # While a push is slow, the commits that land meanwhile share the next nudge.
         send = tasks.nudge
+        sending = threading.Event()
 
         def slow_nudge(using: str = "default") -> bool:
-            time.sleep(0.3)
+            sending.set()
+            time.sleep(0.5)  # two of these fit in the exit flush's 2 s
             return send(using)
 
         tasks.nudge = slow_nudge  # type: ignore[assignment]
         try:
-            for i in range(10):
+            with transaction.atomic():
+                emit(Work(key="first"))
+            assert sending.wait(10)  # the thread is pushing the first commit's nudge
+            for i in range(9):
                 with transaction.atomic():
                     emit(Work(key=f"burst {i}"))
             tasks._flush_at_exit()  # waits for the thread to send what is pending
