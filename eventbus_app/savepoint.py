@@ -5,9 +5,11 @@ fails rolls back its own effects and nobody else's. Django's ``atomic()`` pays t
 trips per handler for that (``SAVEPOINT`` and ``RELEASE``), which is most of the cost of a
 handler that writes nothing to this database: one that sends a mail, calls an API, writes
 to a cache. :func:`lazy_savepoint` sends ``SAVEPOINT`` just before the first statement the
-handler runs on the connection (through Django's ``execute_wrapper`` hook, which every
-Django cursor passes through), so such handlers cost no round trip at all, and a handler
-that writes pays what ``atomic()`` costs.
+handler runs on the connection (through Django's ``execute_wrapper`` hook, which Django
+cursors' ``execute()`` and ``executemany()`` pass through), so such handlers cost no round
+trip at all, and a handler that writes pays what ``atomic()`` costs. Statements that bypass
+the hook (psycopg's ``cursor.copy()``, ``callproc()``, the raw driver connection) are not
+covered: a handler that uses them wraps that code in ``transaction.atomic()``.
 
 On the way out it does what an inner ``atomic()`` block does: release on success; on error,
 roll back to the savepoint (if one was sent) and drop the on-commit callbacks registered
@@ -21,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from django.db import Error, connections
+from django.db import DatabaseError, Error, connections
 from django.db.transaction import TransactionManagementError
 
 _names = itertools.count(1)
@@ -45,7 +47,10 @@ def lazy_savepoint(using: str) -> Iterator[None]:
     def send_savepoint_first(
         execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]
     ) -> Any:
-        if not state["sent"] and not state["sending"]:
+        # Django refuses every query while the transaction is marked for rollback (the
+        # handler caught an error Django raised before sending anything): no SAVEPOINT then,
+        # the query fails as it would anyway and the block ends as a failure.
+        if not state["sent"] and not state["sending"] and not connection.needs_rollback:
             state["sending"] = True  # the SAVEPOINT itself passes through this wrapper
             try:
                 connection._savepoint(sid)  # type: ignore[attr-defined]
@@ -96,6 +101,12 @@ def _close(connection: Any, sid: str, state: dict[str, bool], *, failed: bool) -
     elif state["sent"]:
         try:
             connection.savepoint_commit(sid)
-        except Error:
-            connection.needs_rollback = True
+        except DatabaseError:
+            # As atomic() does: the handler swallowed an error the database still holds
+            # against the transaction. Roll its block back; the error makes it a failure.
+            try:
+                connection.savepoint_rollback(sid)
+                connection.savepoint_commit(sid)
+            except Error:
+                connection.needs_rollback = True  # the batch transaction must go
             raise

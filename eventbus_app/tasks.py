@@ -103,12 +103,9 @@ def nudge_in_background(using: str = DEFAULT_DB_ALIAS) -> None:
     with _pending_lock:
         _pending.add(using)
         if _nudger is None or _nudger[0] != os.getpid() or not _nudger[1].is_alive():
-            first = _nudger is None
             thread = threading.Thread(target=_send_pending, name="eventbus-nudger", daemon=True)
             _nudger = (os.getpid(), thread)
             thread.start()
-            if first:
-                atexit.register(_flush_at_exit)
     _wake.set()
 
 
@@ -134,6 +131,20 @@ def _send_pending() -> None:
         time.sleep(NUDGE_COALESCE_SECONDS)
 
 
+def _reset_in_child() -> None:
+    """After fork: the parent's nudger thread is not here, and it may have held the lock."""
+    global _pending_lock, _wake, _in_flight, _nudger
+    _pending_lock = threading.Condition()
+    _wake = threading.Event()
+    _pending.clear()
+    _in_flight = 0
+    _nudger = None
+
+
+os.register_at_fork(after_in_child=_reset_in_child)
+
+
+@atexit.register
 def _flush_at_exit() -> None:
     """Wait (briefly) until the nudger thread has sent every pending nudge."""
     if _nudger is None or _nudger[0] != os.getpid() or not _nudger[1].is_alive():
@@ -160,6 +171,7 @@ def enqueue_in_transaction(using: str) -> bool:
 # A dispatch task that finds a backlog (a full batch) asks this many helpers to join it, at
 # most: one per other worker of the cluster.
 MAX_HELPERS = 7
+_recruited_until: dict[str, float] = {}
 
 
 def dispatch(using: str = DEFAULT_DB_ALIAS, helper: bool = False) -> dict[str, Any]:
@@ -175,6 +187,12 @@ def dispatch(using: str = DEFAULT_DB_ALIAS, helper: bool = False) -> dict[str, A
     from . import dispatch as dispatcher
 
     def recruit() -> None:
+        # Once per DISPATCH_SECONDS per process: every nudge during a backlog starts a task
+        # that finds it full, and helpers are still at work from the last call.
+        now = time.monotonic()
+        if now < _recruited_until.get(using, 0.0):
+            return
+        _recruited_until[using] = now + eventbus_settings.DISPATCH_SECONDS
         for _ in range(min(MAX_HELPERS, max(int(Conf.WORKERS or 1) - 1, 0))):
             _enqueue(using, helper=True)
 

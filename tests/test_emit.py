@@ -377,3 +377,21 @@ def test_a_process_that_exits_right_after_commit_still_sends_its_background_nudg
         assert time.monotonic() - started < 30
     finally:
         client.delete(key)
+
+
+def test_a_forked_child_gets_a_fresh_nudger_state() -> None:
+    """Found in review: a process that forks while its nudger thread holds the lock (a
+    preloading server master) must not leave the child's nudges hanging on it."""
+    from eventbus_app import tasks
+
+    with tasks._pending_lock:
+        tasks._in_flight += 1
+        try:
+            pid = os.fork()
+            if pid == 0:  # the child: only plain checks, then leave at once
+                ok = tasks._pending_lock.acquire(timeout=2) and tasks._in_flight == 0
+                os._exit(0 if ok else 1)
+        finally:
+            tasks._in_flight -= 1
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -107,6 +107,43 @@ def test_a_swallowed_database_error_is_not_a_success() -> None:
     assert Account.objects.filter(email="still-usable@example.com").exists()
 
 
+def test_an_error_django_raised_before_any_query_fails_only_the_block() -> None:
+    """Found in review: Django marks the transaction for rollback without sending anything
+    (a bad value); the handler swallows it and queries on. The batch must survive."""
+    with transaction.atomic():
+        Account.objects.create(email="before@example.com")
+        with pytest.raises(TransactionManagementError), lazy_savepoint("default"):
+            with contextlib.suppress(ValueError):
+                Account.objects.create(id="abc", email="bad@example.com")  # type: ignore[misc]
+            Account.objects.count()  # Django refuses: the transaction is marked
+        assert not connection.needs_rollback
+        Account.objects.create(email="after@example.com")
+    assert set(Account.objects.values_list("email", flat=True)) == {
+        "before@example.com",
+        "after@example.com",
+    }
+
+
+@pytest.mark.postgres
+def test_a_database_error_swallowed_behind_djangos_back_fails_only_the_block() -> None:
+    """Found in review: PostgreSQL aborted the transaction but Django does not know, so
+    RELEASE fails; as atomic() does, the block is rolled back and the error raised."""
+    from django.db import DatabaseError
+
+    with transaction.atomic():
+        Account.objects.create(email="before@example.com")
+        with pytest.raises(DatabaseError), lazy_savepoint("default"):
+            Account.objects.create(email="inside@example.com")
+            with contextlib.suppress(DatabaseError), connection.cursor() as cursor:
+                cursor.execute("SELECT 1/0")
+        assert not connection.needs_rollback
+        Account.objects.create(email="after@example.com")
+    assert set(Account.objects.values_list("email", flat=True)) == {
+        "before@example.com",
+        "after@example.com",
+    }
+
+
 @pytest.mark.django_db(transaction=True)
 def test_outside_a_transaction_it_refuses() -> None:
     with pytest.raises(RuntimeError, match="enclosing"), lazy_savepoint("default"):
