@@ -443,6 +443,22 @@ def _warm_cluster() -> None:
     wait_for(lambda: Mark.objects.filter(key__in=[-1, -2]).count() == 2, 60, "workers")
 
 
+def _report_rates(
+    report: Report, runs: dict[str, dict[str, Any]], labels: dict[str, str], target: str = ""
+) -> None:
+    """Add each run's deliveries/s and its ratio to the baseline's (``target`` on eventbus)."""
+    for r in runs.values():
+        r["per_second"] = r["deliveries"] / r["seconds"]
+    base = runs["baseline"]["per_second"]
+    for name, r in runs.items():
+        report.add(
+            "throughput",
+            f"{labels[name]}: deliveries/s ({r['events']} events x 4)",
+            f"{r['per_second']:.0f} ({r['per_second'] / base:.1f}x)",
+            target if name == "eventbus" else "",
+        )
+
+
 def throughput(size: Size, report: Report, with_peer: bool, peer_error: str) -> None:
     out: dict[str, Any] = {}
     with qcluster():
@@ -458,40 +474,29 @@ def throughput(size: Size, report: Report, with_peer: bool, peer_error: str) -> 
         )
     if with_peer:
         out["peer"] = _throughput_peer(size)
-    for r in out.values():
-        r["per_second"] = r["deliveries"] / r["seconds"]
-    base = out["baseline"]["per_second"]
-    for name, r in out.items():
-        label = {
+    _report_rates(
+        report,
+        out,
+        {
             "eventbus": "eventbus (2 qcluster workers)",
             "baseline": "baseline on_commit(async_task) (same workers)",
             "peer": "django-domain-events (2 deliver_events relays)",
-        }[name]
-        target = ">= 2000/s and >= 25x baseline (PG + Redis)" if name == "eventbus" else ""
-        report.add(
-            "throughput",
-            f"{label}: deliveries/s ({r['events']} events x 4)",
-            f"{r['per_second']:.0f} ({r['per_second'] / base:.1f}x)",
-            target,
-        )
+        },
+        target=">= 2000/s and >= 25x baseline (PG + Redis)",
+    )
     if not with_peer:
         report.add("throughput", "django-domain-events", "n/a", peer_error)
     # The runs above start the clock at the first emit, so a dispatcher that keeps up is
     # measured at the emitter's pace. A backlog shows what the workers alone can do.
     drained = {"eventbus": _drain_eventbus(size), "baseline": _drain_baseline(size)}
-    for r in drained.values():
-        r["per_second"] = r["deliveries"] / r["seconds"]
-    base = drained["baseline"]["per_second"]
-    for name, r in drained.items():
-        label = {
+    _report_rates(
+        report,
+        drained,
+        {
             "eventbus": "eventbus, backlog drained by 2 workers (one nudge)",
             "baseline": "baseline, backlog of queued tasks drained by 2 workers",
-        }[name]
-        report.add(
-            "throughput",
-            f"{label}: deliveries/s ({r['events']} events x 4)",
-            f"{r['per_second']:.0f} ({r['per_second'] / base:.1f}x)",
-        )
+        },
+    )
     out["backlog_drain"] = drained
     report.data["throughput"] = out
 

@@ -5,7 +5,8 @@ decision is recorded in our tables; a worker that dies leaves only a lease that 
 
 * **Fan-out** claims undispatched events (``dispatched_at IS NULL``) and creates one
   ``Delivery`` per registered handler. The dispatcher loop creates them already leased to
-  itself (``fan_out_leased``) and runs them at once: fresh work needs no separate claim.
+  itself (``fan_out_leased``) and runs them at once: fresh work needs no separate claim. On
+  PostgreSQL that is one INSERT from arrays whose RETURNING gives the leased rows.
 * **Claim** picks due deliveries by state and due time (never by an id cursor: ids are
   assigned at insert, not at commit) with ``FOR UPDATE SKIP LOCKED`` where the database has
   it, and marks them ``RUNNING`` under a fresh lease token in one statement (``UPDATE …
