@@ -93,9 +93,17 @@ def emit(
     # No savepoint: if anything below fails, the caller's transaction must roll back
     # whole (the event row is already written); in autocommit this is the transaction.
     with transaction.atomic(using=using, savepoint=False):
+        # A dispatcher running this handler keeps going until idle, so it needs no nudge.
+        nudge = parent is None and eventbus_settings.NUDGE and not _nudge_registered(using)
+        queue_row = None
+        if nudge:
+            from .tasks import queue_row_in_transaction
+
+            queue_row = queue_row_in_transaction(using)
         record = _insert(
             using,
             text,
+            queue_row,
             event_type=event.event_type,
             version=event.version,
             payload=payload,
@@ -106,9 +114,8 @@ def emit(
         signals.event_emitted.send(
             sender=type(event), event=event, outbox_event=record, using=using
         )
-        # A dispatcher running this handler keeps going until idle, so it needs no nudge.
-        if parent is None and eventbus_settings.NUDGE:
-            _nudge(using)
+        if nudge:
+            transaction.on_commit(_Nudge(using, queue_row is not None), using=using, robust=True)
     return record
 
 
@@ -151,15 +158,25 @@ def _prepared_insert(connection: Any) -> tuple[str, list[tuple[int, Field[Any, A
     return prepared
 
 
-def _insert(using: str, text: str, **values: Any) -> OutboxEvent:
+def _insert(using: str, text: str, queue_row: tuple[str, str] | None, **values: Any) -> OutboxEvent:
     """One INSERT … RETURNING id, with the ORM's own value adaptation but not its overhead
     (emit() is on the request path; the model's save() machinery costs more than the SQL).
-    ``text`` is the payload's JSON."""
+    ``text`` is the payload's JSON. ``queue_row``: django-q2's ORM-broker row to write too;
+    on PostgreSQL in the same statement."""
     from .models import OutboxEvent
 
     connection = connections[using]
     values["created_at"] = timezone.now()
     sql, adapt = _prepared_insert(connection)
+    queue_params: list[Any] = []
+    if queue_row is not None:
+        queue_sql, queue_params = _queue_insert(connection, queue_row, values["created_at"])
+        if connection.vendor == "postgresql":
+            sql = f"WITH queued AS ({queue_sql}) {sql}"
+        else:  # SQLite has no data-modifying WITH: a statement of its own
+            with connection.cursor() as cursor:
+                cursor.execute(queue_sql, queue_params)
+            queue_params = []
     if connection.vendor == "postgresql" and "e+" in text:
         # jsonb keeps a number's digits, not its float-ness: 1e+16 would come back an int.
         text = _EXPONENT_NUMBER.sub(_positional, text)
@@ -175,12 +192,25 @@ def _insert(using: str, text: str, **values: Any) -> OutboxEvent:
     for index, field in adapt:
         params[index] = field.get_db_prep_save(params[index], connection)
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(sql, queue_params + params)
         row = cursor.fetchone()
     record = OutboxEvent(id=row[0], **values)
     record._state.adding = False
     record._state.db = using
     return record
+
+
+def _queue_insert(connection: Any, queue_row: tuple[str, str], now: Any) -> tuple[str, list[Any]]:
+    """The INSERT of django-q2's ORM-broker row (its ``OrmQ`` model: key, payload, and a
+    ``lock`` in the past, which makes it available), as its broker's ``enqueue`` writes it."""
+    from django_q.models import OrmQ
+
+    meta = OrmQ._meta
+    qn = connection.ops.quote_name
+    lock = meta.get_field("lock")
+    columns = ", ".join(qn(str(meta.get_field(n).column)) for n in ("key", "payload", "lock"))
+    sql = f"INSERT INTO {qn(meta.db_table)} ({columns}) VALUES (%s, %s, %s)"
+    return sql, [*queue_row, lock.get_db_prep_save(now, connection)]
 
 
 # A JSON string (skipped) or a number in exponent form with a positive exponent: written
@@ -226,15 +256,13 @@ class _Nudge:
                 nudge(self.using)
 
 
-def _nudge(using: str) -> None:
-    from .tasks import enqueue_in_transaction
-
+def _nudge_registered(using: str) -> bool:
+    """Whether this transaction's nudge is registered already (one per transaction)."""
     connection = transaction.get_connection(using)
     # A nudge registered in this block or an enclosing one commits with this event (Django
     # drops the callbacks of rolled-back savepoints); one in a sibling savepoint may not.
     open_savepoints = set(connection.savepoint_ids)
-    for sids, func, _robust in connection.run_on_commit:
-        if isinstance(func, _Nudge) and func.using == using and set(sids) <= open_savepoints:
-            return
-    enqueued = enqueue_in_transaction(using)
-    transaction.on_commit(_Nudge(using, enqueued), using=using, robust=True)
+    return any(
+        isinstance(func, _Nudge) and func.using == using and set(sids) <= open_savepoints
+        for sids, func, _robust in connection.run_on_commit
+    )

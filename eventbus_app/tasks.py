@@ -154,18 +154,33 @@ def _flush_at_exit() -> None:
         _pending_lock.wait_for(lambda: not _pending and not _in_flight, EXIT_FLUSH_SECONDS)
 
 
-def enqueue_in_transaction(using: str) -> bool:
-    """With django-q2's ORM broker on the emitting database, write the dispatch task in the
-    emitting transaction: it commits (or rolls back) with the events, costs one INSERT, and
-    no commit-time work is left. Returns False where that does not apply."""
+class _Capture:
+    """A broker for ``async_task`` that keeps the signed package instead of sending it."""
+
+    def __init__(self, list_key: str) -> None:
+        self.list_key = list_key
+        self.package: str | None = None
+
+    def enqueue(self, package: str) -> str:
+        self.package = package
+        return "with the emitting transaction"  # django-q2 logs "Enqueued [key] <this>"
+
+
+def queue_row_in_transaction(using: str) -> tuple[str, str] | None:
+    """With django-q2's ORM broker on the emitting database: the ``(key, payload)`` of its
+    queue row for a dispatch task, built and signed by django-q2's own ``async_task``, for
+    ``emit()`` to write in the emitting transaction (it commits or rolls back with the
+    events, and no commit-time work is left). None where that does not apply."""
     from django_q.conf import Conf
 
     if Conf.ORM != using or Conf.SYNC or Conf.BROKER_CLASS:
-        return False
+        return None
     from django_q.tasks import async_task
 
-    async_task(DISPATCH, using, save=False, broker=_get_broker(), task_name="eventbus dispatch")
-    return True
+    capture = _Capture(_get_broker().list_key or Conf.CLUSTER_NAME)
+    async_task(DISPATCH, using, save=False, broker=capture, task_name="eventbus dispatch")
+    assert capture.package is not None
+    return capture.list_key, capture.package
 
 
 # A dispatch task that finds a backlog (a full batch) asks this many helpers to join it, at

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from django.db import transaction
 from django.dispatch import receiver
+from django.utils import timezone
 
 from eventbus_app import EventBusError, current_delivery, emit, signals
 from eventbus_app.models import Delivery, OutboxEvent
@@ -175,15 +176,30 @@ def test_a_failing_nudge_is_logged_and_never_raises(
 def test_nudge_enqueues_a_dispatch_task_with_the_orm_broker(
     django_capture_on_commit_callbacks: Any,
 ) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
     from django_q.models import OrmQ
     from django_q.signing import SignedPackage
 
-    with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
+    with (
+        django_capture_on_commit_callbacks(execute=True),
+        transaction.atomic(),
+        CaptureQueriesContext(connection) as queries,
+    ):
         emit(Work(key="a"))
+        emit(Work(key="b"))  # one task per transaction
     [queued] = OrmQ.objects.all()
     task = SignedPackage.loads(queued.payload)
     assert task["func"] == "eventbus_app.tasks.dispatch"
     assert task["args"] == ("default",)  # an alias, never a payload
+    assert queued.lock is not None and queued.lock <= timezone.now()  # available at once
+    # On PostgreSQL the queue row rides in the event's INSERT; SQLite needs a statement.
+    inserts = [q["sql"] for q in queries.captured_queries if "INSERT" in q["sql"]]
+    assert len(inserts) == (2 if connection.vendor == "postgresql" else 3)
+    with transaction.atomic():
+        emit(Work(key="rolled back"))
+        transaction.set_rollback(True)
+    assert OrmQ.objects.count() == 1  # the task rolled back with its event
 
 
 def test_chained_emit_records_causation_correlation_and_depth() -> None:
