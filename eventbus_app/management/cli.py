@@ -10,7 +10,8 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from django.core.management.base import CommandError, OutputWrapper
+from django.core.management.base import CommandError, CommandParser, OutputWrapper
+from django.db import DEFAULT_DB_ALIAS
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
@@ -104,3 +105,24 @@ class Progress:
         else:
             self.stream.write(text)
         self.stream.flush()
+
+
+def add_run_arguments(parser: CommandParser, *, verb: str, unit: str, batch_size: int) -> None:
+    """The options eventbus_retry and eventbus_replay share: --dry-run, --database,
+    --batch-size, --progress."""
+    parser.add_argument(
+        "--dry-run", action="store_true", help=f"List what would be {verb}; change nothing."
+    )
+    parser.add_argument("--database", default=DEFAULT_DB_ALIAS, help="Database alias.")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=batch_size,
+        help=f"{unit} per transaction ({batch_size}).",
+    )
+    parser.add_argument(
+        "--progress",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="Progress bar on stderr: auto = when there is more than one batch.",
+    )

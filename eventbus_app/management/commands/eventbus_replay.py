@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DEFAULT_DB_ALIAS
 from django.db.models import QuerySet
 
 from eventbus_app import operations
 from eventbus_app.events import event_class
-from eventbus_app.management.cli import Progress, chunks, cli_actor, parse_moment
+from eventbus_app.management.cli import Progress, add_run_arguments, chunks, cli_actor, parse_moment
 from eventbus_app.management.commands.eventbus_retry import check_handlers
 from eventbus_app.models import Delivery, OutboxEvent
 
@@ -47,19 +46,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--all", action="store_true", help="Select every event (no other filter needed)."
         )
-        parser.add_argument(
-            "--dry-run", action="store_true", help="List what would be replayed; change nothing."
-        )
-        parser.add_argument("--database", default=DEFAULT_DB_ALIAS, help="Database alias.")
-        parser.add_argument(
-            "--batch-size", type=int, default=100, help="Events per transaction (100)."
-        )
-        parser.add_argument(
-            "--progress",
-            choices=["auto", "always", "never"],
-            default="auto",
-            help="Progress bar on stderr: auto = when there is more than one batch.",
-        )
+        add_run_arguments(parser, verb="replayed", unit="Events", batch_size=100)
 
     def select(self, options: dict[str, Any]) -> QuerySet[OutboxEvent]:
         using = options["database"]

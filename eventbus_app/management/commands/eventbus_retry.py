@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DEFAULT_DB_ALIAS
 from django.db.models import Q, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from eventbus_app import operations
-from eventbus_app.management.cli import Progress, chunks, cli_actor, parse_age
+from eventbus_app.management.cli import Progress, add_run_arguments, chunks, cli_actor, parse_age
 from eventbus_app.models import Delivery
 from eventbus_app.registry import all_handlers
 
@@ -81,19 +80,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--all", action="store_true", help="Select every dead letter (no other filter needed)."
         )
-        parser.add_argument(
-            "--dry-run", action="store_true", help="List what would be retried; change nothing."
-        )
-        parser.add_argument("--database", default=DEFAULT_DB_ALIAS, help="Database alias.")
-        parser.add_argument(
-            "--batch-size", type=int, default=500, help="Deliveries per transaction (500)."
-        )
-        parser.add_argument(
-            "--progress",
-            choices=["auto", "always", "never"],
-            default="auto",
-            help="Progress bar on stderr: auto = when there is more than one batch.",
-        )
+        add_run_arguments(parser, verb="retried", unit="Deliveries", batch_size=500)
 
     def select(self, options: dict[str, Any]) -> QuerySet[Delivery]:
         using = options["database"]
