@@ -25,6 +25,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
+def redis_server() -> None:
+    """Skip (with the reason) where no Redis listens on 127.0.0.1:6379: the README's test
+    command needs only Python."""
+    import redis
+
+    try:
+        redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=1).ping()
+    except redis.ConnectionError:
+        pytest.skip("needs Redis on 127.0.0.1:6379 (.ci/run starts one)")
+
+
+@pytest.fixture
 def worker_env(transactional_db: None) -> dict[str, str]:
     """Environment for a subprocess that must see this test's (committed) database."""
     from django.db import connection

@@ -275,7 +275,9 @@ def test_a_handler_cannot_swallow_the_chain_depth_error(register: Any, settings:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_background_nudge_reaches_the_redis_broker_after_commit(settings: Any) -> None:
+def test_background_nudge_reaches_the_redis_broker_after_commit(
+    settings: Any, redis_server: None
+) -> None:
     """EVENTBUS['NUDGE_BACKGROUND']: the nudger thread enqueues the dispatch task (real Redis
     on 127.0.0.1:6379, this run's own queue key)."""
     import time
@@ -362,7 +364,7 @@ with transaction.atomic():
 
 
 def test_a_process_that_exits_right_after_commit_still_sends_its_background_nudge(
-    worker_env: dict[str, str],
+    worker_env: dict[str, str], redis_server: None
 ) -> None:
     """The default background nudge is flushed at exit (real process, real Redis)."""
     import subprocess

@@ -164,17 +164,12 @@ def test_sweep_task_dispatches_undispatched_events_and_due_retries(settings: Any
 
 
 @pytest.fixture
-def redis_broker(worker_env: dict[str, str]) -> Any:
+def redis_broker(worker_env: dict[str, str], redis_server: None) -> Any:
     """Switch this process's django-q2 and the workers' to the Redis broker on 127.0.0.1."""
-    import redis
     from django_q.conf import Conf
 
     from eventbus_app import tasks
 
-    try:
-        redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=1).ping()
-    except redis.ConnectionError:
-        pytest.skip("needs Redis on 127.0.0.1:6379")
     saved = (Conf.ORM, Conf.REDIS, Conf.BROKER_CLASS, tasks._broker)
     Conf.ORM, Conf.BROKER_CLASS = None, None
     Conf.REDIS = {"host": "127.0.0.1", "port": 6379, "db": 0}
