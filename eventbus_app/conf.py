@@ -33,6 +33,14 @@ OPTIONS: dict[str, Option] = {
     "LEASE_SECONDS": Option(
         300, (int, float), "How long a claimed delivery is reserved for its worker.", 1
     ),
+    "HANDLER_TIMEOUT": Option(
+        30.0,
+        (int, float),
+        "Seconds one handler run may take before it is interrupted and fails as timed out "
+        "(per handler: timeout=). A run starts only if this fits in what is left of its "
+        "lease and of django-q2's task timeout.",
+        0.1,
+    ),
     "MAX_CHAIN_DEPTH": Option(
         16, (int,), "How deep handlers may emit events from events before it stops.", 1
     ),

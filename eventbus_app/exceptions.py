@@ -71,3 +71,18 @@ class LeaseLost(EventBusError):
     The outcome of this run is discarded (its database effects roll back) because the
     delivery now belongs to the other worker.
     """
+
+
+class HandlerTimeout(EventBusError):
+    """A handler ran longer than its timeout (``@handler(timeout=)`` or
+    ``EVENTBUS['HANDLER_TIMEOUT']``) and was interrupted; its work was rolled back."""
+
+
+class AttemptUnfinished(EventBusError):
+    """A delivery's attempt started and never finished: its worker died (killed, crashed,
+    out of memory, or ended by django-q2's timeout) or hung past its lease."""
+
+
+class HandlerBrokeTransaction(EventBusError):
+    """A handler left its transaction unusable (it caught a database error without rolling
+    it back, or closed the connection); its work was rolled back."""

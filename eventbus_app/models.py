@@ -100,6 +100,30 @@ class Delivery(models.Model):
     replays = models.PositiveIntegerField(
         _("replays"), default=0, help_text=_("How often it was replayed after finishing.")
     )
+    started_at = models.DateTimeField(
+        _("started at"),
+        null=True,
+        blank=True,
+        help_text=_("When its current (or last) attempt started, by the database's clock."),
+    )
+    in_flight = models.PositiveSmallIntegerField(
+        _("in flight"),
+        default=0,
+        editable=False,
+        help_text=_(
+            "While running: how many deliveries shared the start marker written before this "
+            "one ran (1: this one alone). If its worker dies, a marker of 1 charges the "
+            "attempt to this delivery; a larger one charges nobody and runs each alone."
+        ),
+    )
+    isolate = models.BooleanField(
+        _("runs alone"),
+        default=False,
+        help_text=_(
+            "An attempt did not finish (its worker died or hung): it runs in a batch of its "
+            "own until it succeeds, so it cannot take other deliveries down with it."
+        ),
+    )
     created_at = models.DateTimeField(_("created at"), db_default=Now())
     finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
 

@@ -27,6 +27,7 @@ class HandlerSpec:
     max_attempts: int | None = None
     retry_backoff: float | None = None
     retry_backoff_max: float | None = None
+    timeout: float | None = None
 
     @property
     def location(self) -> str:
@@ -43,11 +44,14 @@ def handler(
     max_attempts: int | None = None,
     retry_backoff: float | None = None,
     retry_backoff_max: float | None = None,
+    timeout: float | None = None,
 ) -> Callable[[F], F]:
     """Register the decorated function (sync or ``async def``) to run for ``event_cls``.
 
     It also runs for subclasses of ``event_cls``. ``max_attempts``, ``retry_backoff`` and
-    ``retry_backoff_max`` override the ``EVENTBUS`` defaults for this handler.
+    ``retry_backoff_max`` override the ``EVENTBUS`` defaults for this handler; ``timeout``
+    (seconds, default ``EVENTBUS['HANDLER_TIMEOUT']``) is how long one run may take before
+    it is interrupted and fails as timed out.
     """
     if not (isinstance(event_cls, type) and issubclass(event_cls, Event)) or event_cls is Event:
         raise HandlerRegistrationError(
@@ -61,6 +65,10 @@ def handler(
     ):
         if value is not None and (not isinstance(value, int | float) or value < 0):
             raise HandlerRegistrationError(f"{label} must be a number >= 0, got {value!r}")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+    ):
+        raise HandlerRegistrationError(f"timeout must be a number of seconds > 0, got {timeout!r}")
 
     def decorate(func: F) -> F:
         if not callable(func):
@@ -73,6 +81,7 @@ def handler(
             max_attempts=max_attempts,
             retry_backoff=retry_backoff,
             retry_backoff_max=retry_backoff_max,
+            timeout=timeout,
         )
         if not spec.name or len(spec.name) > 255:
             raise HandlerRegistrationError(f"handler name must be 1-255 characters: {spec.name!r}")

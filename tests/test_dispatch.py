@@ -18,6 +18,7 @@ from eventbus_app.dispatch import (
     claim,
     deliver,
     fan_out,
+    reclaim_unfinished,
     run,
 )
 from eventbus_app.events import _types
@@ -275,7 +276,8 @@ def test_expired_lease_is_claimed_again_and_the_stale_worker_cannot_record() -> 
     Delivery.objects.update(next_attempt_at=Now() - timedelta(seconds=1))
     token2, second = claim()
     assert {d.pk for d in second} == {d.pk for d in first}
-    assert all(d.attempts == 2 for d in second)
+    # Claimed but never started: a claim charges no attempt.
+    assert all(d.attempts == 0 for d in second)
     # The first worker finishes late: its outcomes are refused and its effects roll back.
     counts = deliver("default", token1, first)
     assert counts.lease_lost == 2
@@ -287,16 +289,49 @@ def test_expired_lease_is_claimed_again_and_the_stale_worker_cannot_record() -> 
 
 
 def test_a_delivery_whose_worker_keeps_dying_is_dead_after_max_attempts(settings: Any) -> None:
+    """An attempt that started (its start marker is set) and never finished is charged to
+    that delivery alone when its lease expires; the delivery then runs alone."""
     settings.EVENTBUS = {**settings.EVENTBUS, "MAX_ATTEMPTS": 2}
     emit(Work(key="crashy"))
     fan_out()
-    for _ in range(2):  # two claims whose worker "died": nothing recorded, lease expires
-        claim()
-        Delivery.objects.update(next_attempt_at=Now() - timedelta(seconds=1))
+    crashy = Delivery.objects.get(handler="testapp.record")
+    for attempt in (1, 2):  # the worker "died" while running it: marker set, lease expires
+        token, claimed = claim(isolated=attempt > 1)
+        assert crashy.pk in {d.pk for d in claimed}
+        Delivery.objects.filter(pk=crashy.pk).update(
+            in_flight=1, started_at=Now(), next_attempt_at=Now() - timedelta(seconds=1)
+        )
+        Delivery.objects.exclude(pk=crashy.pk).update(
+            status=Status.PENDING, lease_token=None, next_attempt_at=Now()
+        )
+        assert reclaim_unfinished() == 1
+        crashy.refresh_from_db()
+        assert crashy.attempts == attempt
+        assert crashy.isolate
     drain()
-    d = Delivery.objects.get(handler="testapp.record")
-    assert d.status == Status.DEAD
-    assert "did not finish" in d.last_error
+    crashy.refresh_from_db()
+    assert crashy.status == Status.DEAD
+    assert "never finished" in crashy.last_error
+    assert crashy.history.count() == 2
+    # Its neighbour was never charged for it.
+    other = Delivery.objects.get(handler="testapp.record_async")
+    assert (other.status, other.attempts) == (Status.SUCCEEDED, 1)
+
+
+def test_an_unfinished_attempt_that_shared_its_marker_charges_nobody() -> None:
+    """Several deliveries of handlers that do not use the database share a start marker; if
+    their worker dies, none of them is charged, and each then runs alone."""
+    emit(Work(key="a"))
+    fan_out()
+    token, claimed = claim()
+    Delivery.objects.update(
+        in_flight=2, started_at=Now(), next_attempt_at=Now() - timedelta(seconds=1)
+    )
+    drain()
+    assert set(Delivery.objects.values_list("status", "attempts", "isolate")) == {
+        (Status.SUCCEEDED, 1, False)
+    }
+    assert not Effect.objects.filter(note="").exclude(attempt=1).exists()
 
 
 def test_paused_handler_waits_and_resumes() -> None:
@@ -435,7 +470,7 @@ def test_a_batch_never_outlives_its_lease(settings: Any, register: Any) -> None:
 
     ran: list[int] = []
 
-    @register(Slow, name="t.slow")
+    @register(Slow, name="t.slow", timeout=0.4)
     def slow(event: Slow) -> None:
         import time
 
@@ -447,7 +482,8 @@ def test_a_batch_never_outlives_its_lease(settings: Any, register: Any) -> None:
     fan_out()
     token, claimed = claim()
     counts = deliver("default", token, claimed)
-    assert 2 <= counts.delivered <= 4
+    # Lease 1 s: a run starts only while its whole 0.4 s timeout fits in what is left.
+    assert 2 <= counts.delivered <= 3
     assert counts.released == 6 - counts.delivered
     waiting = Delivery.objects.filter(status=Status.PENDING)
     assert waiting.count() == counts.released
@@ -457,42 +493,51 @@ def test_a_batch_never_outlives_its_lease(settings: Any, register: Any) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_slow_batches_commit_in_chunks(register: Any) -> None:
-    """Finished deliveries are committed about every second, not only at batch end."""
+def test_each_delivery_commits_on_its_own(register: Any) -> None:
+    """A handler that uses the database commits with its success before the next one
+    starts; successes of handlers that do not are recorded within FLUSH_SECONDS."""
     from django.db import connections
 
-    import eventbus_app.dispatch as dispatch
+    from eventbus_app.dispatch.execute import FLUSH_SECONDS
 
     class Tick(Event, event_type="t.Tick"):
         n: int
 
     observer = connections.create_connection("default")  # sees only committed rows
-    seen_committed: list[int] = []
 
-    @register(Tick, name="t.tick")
-    def tick(event: Tick) -> None:
-        import time
-
+    def committed(handler: str) -> int:
         with observer.cursor() as cursor:
             cursor.execute(
                 "SELECT COUNT(*) FROM eventbus_app_delivery WHERE handler = %s AND status = %s",
-                ["t.tick", "succeeded"],
+                [handler, "succeeded"],
             )
-            seen_committed.append(cursor.fetchone()[0])
-        time.sleep(0.15)
+            return int(cursor.fetchone()[0])
 
-    saved = dispatch.CHUNK_SECONDS
-    dispatch.CHUNK_SECONDS = 0.2
+    seen_db: list[int] = []
+    seen_plain: list[int] = []
+
+    @register(Tick, name="t.writes")
+    def writes(event: Tick) -> None:
+        seen_db.append(committed("t.writes"))
+        Effect.objects.create(handler="t.writes", event_id=current_delivery().event_id)  # type: ignore[union-attr]
+
+    @register(Tick, name="t.plain")
+    def plain(event: Tick) -> None:
+        import time
+
+        seen_plain.append(committed("t.plain"))
+        time.sleep(FLUSH_SECONDS / 2)
+
     try:
-        for n in range(6):
-            emit(Tick(n=n))
+        with transaction.atomic():
+            for n in range(6):
+                emit(Tick(n=n))
         drain()
     finally:
-        dispatch.CHUNK_SECONDS = saved
         observer.close()
-    assert Delivery.objects.filter(handler="t.tick", status=Status.SUCCEEDED).count() == 6
-    assert seen_committed[0] == 0
-    assert 2 <= seen_committed[-1] <= 5
+    assert Delivery.objects.filter(status=Status.SUCCEEDED).count() == 12
+    assert seen_db == [0, 1, 2, 3, 4, 5]
+    assert seen_plain[0] == 0 and seen_plain[-1] >= 2  # flushed as they went, not at the end
 
 
 def test_fan_out_leases_fresh_deliveries_to_itself_except_paused_handlers() -> None:
@@ -506,7 +551,7 @@ def test_fan_out_leases_fresh_deliveries_to_itself_except_paused_handlers() -> N
     assert count == 1
     assert [d.handler for d in leased] == ["testapp.record"]
     assert all(
-        (d.status, d.lease_token, d.attempts) == (Delivery.Status.RUNNING, token, 1) for d in leased
+        (d.status, d.lease_token, d.attempts) == (Delivery.Status.RUNNING, token, 0) for d in leased
     )
     assert leased[0].event.event_type == Work.event_type  # loaded with its event
     paused = Delivery.objects.get(handler="testapp.record_async")
