@@ -557,6 +557,10 @@ def _call(spec: HandlerSpec, event: Event, seconds: float, using: str) -> None:
                 spec.func(event)
         except Interrupt as exc:
             interrupted = exc
+        except Exception as exc:
+            if not timer.fired:
+                raise
+            interrupted = exc  # what the time limit caused (a cancelled query, say)
     if interrupted is not None or timer.fired:
         error = HandlerTimeout(
             f"Handler {spec.name} timed out after {seconds:g} s (its timeout=, or "
@@ -591,13 +595,20 @@ def _in_transaction(connection: Any) -> bool:
     return True
 
 
+def _transaction_aborted(connection: Any) -> bool:
+    """PostgreSQL refuses every statement until rollback (an error Django did not see)."""
+    raw = connection.connection
+    info = getattr(raw, "info", None) if connection.vendor == "postgresql" else None
+    return info is not None and int(info.transaction_status) == 3  # INERROR
+
+
 def _check_transaction(connection: Any, spec: HandlerSpec) -> None:
     if connection.closed_in_transaction:
         raise HandlerBrokeTransaction(
             f"Handler {spec.name} closed the database connection inside its transaction; its "
             "work was rolled back. Leave the connection open: the dispatcher commits it."
         )
-    if connection.needs_rollback:
+    if connection.needs_rollback or _transaction_aborted(connection):
         raise HandlerBrokeTransaction(
             f"Handler {spec.name} caught a database error and carried on without rolling it "
             "back; its work was rolled back. Wrap the statement that may fail in "

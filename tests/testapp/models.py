@@ -23,3 +23,13 @@ class Effect(models.Model):
 
     def __str__(self) -> str:
         return f"{self.handler} #{self.event_id}"
+
+
+class Child(models.Model):
+    """A row with a foreign key: Django creates it DEFERRABLE INITIALLY DEFERRED, so a
+    dangling one passes its INSERT and fails at COMMIT."""
+
+    parent = models.ForeignKey(Account, on_delete=models.CASCADE)
+
+    def __str__(self) -> str:
+        return f"child of #{self.parent_id}"
