@@ -7,7 +7,8 @@ reach it: they get its name through ``EVENTBUS_DB_NAME``. ``EVENTBUS_TEST_SUFFIX
 parallel runs on one machine apart (database names, django-q2 cluster and queue names).
 ``EVENTBUS_TEST_BROKER=redis`` makes django-q2 use Redis on 127.0.0.1:6379
 (``EVENTBUS_TEST_REDIS_PORT`` overrides the port). ``EVENTBUS_TEST_SETTINGS`` (a JSON object)
-is merged over ``EVENTBUS``: the reliability suite gives its workers short leases that way.
+is merged over ``EVENTBUS``: the reliability suite gives its workers short leases that way
+(``EVENTBUS_TEST_Q_CLUSTER`` does the same for ``Q_CLUSTER``).
 """
 
 from __future__ import annotations
@@ -127,11 +128,16 @@ if BROKER == "redis":
     }
 else:
     Q_CLUSTER["orm"] = "default"
+# ``EVENTBUS_TEST_Q_CLUSTER`` (a JSON object) is merged over Q_CLUSTER: the isolation
+# scenarios run qcluster with a short task timeout that way.
+Q_CLUSTER.update(json.loads(os.environ.get("EVENTBUS_TEST_Q_CLUSTER") or "{}"))
 
 EVENTBUS = {
     "RETRY_BACKOFF": float(os.environ.get("EVENTBUS_TEST_RETRY_BACKOFF", "0")),
     "LEASE_SECONDS": 60,
     "DISPATCH_SECONDS": 5,
+    # Fits in django-q2's 30 s task timeout after DISPATCH_SECONDS (check W017).
+    "HANDLER_TIMEOUT": 10,
 }
 EVENTBUS.update(json.loads(os.environ.get("EVENTBUS_TEST_SETTINGS") or "{}"))
 

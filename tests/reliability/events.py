@@ -43,3 +43,15 @@ class Hostile(Event, event_type="reliability.Hostile"):
     count: int
     blob: Any
     mapping: dict[str, Any]
+
+
+class Hang(Event, event_type="reliability.Hang"):
+    """A good handler and one that hangs (sleeps for ever) on the event whose n is 7."""
+
+    n: int
+
+
+class Crash(Event, event_type="reliability.Crash"):
+    """A good handler and one that kills its worker process on the event whose n is 7."""
+
+    n: int

@@ -16,7 +16,7 @@ from eventbus_app import current_delivery, handler
 from eventbus_app.models import Delivery
 from tests.testapp.models import Effect
 
-from .events import Clean, Job, Poisoned, SignedUp, Tick
+from .events import Clean, Crash, Hang, Job, Poisoned, SignedUp, Tick
 
 
 def record(name: str) -> None:
@@ -123,3 +123,33 @@ def flaky(event: Tick) -> None:
         pid=os.getpid(),
         note=ran_at.isoformat(),
     )
+
+
+# --- isolation: one misbehaving handler next to a good one on the same event type ----------
+
+VICTIM = 7
+
+
+@handler(Hang, name="rel.hang_good")
+def hang_good(event: Hang) -> None:
+    record("rel.hang_good")
+
+
+@handler(Hang, name="rel.hangs", timeout=2)
+def hangs(event: Hang) -> None:
+    record("rel.hangs")
+    if event.n == VICTIM:
+        time.sleep(10**6)
+
+
+@handler(Crash, name="rel.crash_good")
+def crash_good(event: Crash) -> None:
+    record("rel.crash_good")
+
+
+@handler(Crash, name="rel.crashes")
+def crashes(event: Crash) -> None:
+    """Kills its worker as a segfaulting C extension or the OOM killer would: no cleanup."""
+    if event.n == VICTIM:
+        os._exit(70)
+    record("rel.crashes")
