@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
+from .dispatch.execute import ALARM_MARGIN, lease_margin
 from .conf import OPTIONS, eventbus_settings
 
 
@@ -128,9 +129,10 @@ def check_django_q(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     if timeout is None:
         messages.append(
             Warning(
-                "Q_CLUSTER has no 'timeout': a hung handler holds its worker forever.",
-                hint="Set 'timeout' (seconds) below 'retry' and at or below "
-                "EVENTBUS['LEASE_SECONDS'].",
+                "Q_CLUSTER has no 'timeout': a handler stuck where HANDLER_TIMEOUT cannot "
+                "interrupt it (inside a C call) holds its worker forever.",
+                hint="Set 'timeout' (seconds) below 'retry' and above DISPATCH_SECONDS + "
+                "HANDLER_TIMEOUT.",
                 id="eventbus_app.W012",
             )
         )
@@ -144,16 +146,6 @@ def check_django_q(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                     id="eventbus_app.E011",
                 )
             )
-        if timeout > eventbus_settings.LEASE_SECONDS:
-            messages.append(
-                Warning(
-                    f"Q_CLUSTER 'timeout' ({timeout}) exceeds EVENTBUS['LEASE_SECONDS'] "
-                    f"({eventbus_settings.LEASE_SECONDS}): a batch can outlive its lease, and "
-                    "another worker then runs its deliveries a second time.",
-                    hint="Keep 'timeout' <= LEASE_SECONDS, or raise LEASE_SECONDS.",
-                    id="eventbus_app.W013",
-                )
-            )
         if timeout <= eventbus_settings.DISPATCH_SECONDS:
             messages.append(
                 Warning(
@@ -162,6 +154,21 @@ def check_django_q(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                     "mid-batch.",
                     hint="Raise 'timeout' or lower DISPATCH_SECONDS.",
                     id="eventbus_app.W014",
+                )
+            )
+        longest = longest_handler_timeout()
+        room = timeout - eventbus_settings.DISPATCH_SECONDS - ALARM_MARGIN
+        if timeout > eventbus_settings.DISPATCH_SECONDS and longest[0] > room:
+            messages.append(
+                Warning(
+                    f"Q_CLUSTER 'timeout' ({timeout}) leaves {room:g} s after "
+                    f"EVENTBUS['DISPATCH_SECONDS'] ({eventbus_settings.DISPATCH_SECONDS}), less "
+                    f"than the {longest[0]:g} s timeout of {longest[1]}: deliveries that do not "
+                    "fit in what is left of a dispatch task are given back unrun, and the "
+                    "first of a task is cut short.",
+                    hint="Raise Q_CLUSTER 'timeout', or lower DISPATCH_SECONDS or the handler "
+                    "timeout.",
+                    id="eventbus_app.W017",
                 )
             )
     if q.get("save_limit", 250) == 0:
@@ -174,6 +181,39 @@ def check_django_q(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             )
         )
     return messages
+
+
+def longest_handler_timeout() -> tuple[float, str]:
+    """The longest run any handler may take, and whose it is."""
+    from .registry import all_handlers
+
+    longest = (float(eventbus_settings.HANDLER_TIMEOUT), "EVENTBUS['HANDLER_TIMEOUT']")
+    for spec in all_handlers().values():
+        if spec.timeout is not None and spec.timeout > longest[0]:
+            longest = (float(spec.timeout), f"handler {spec.name}")
+    return longest
+
+
+@register()
+def check_handler_timeouts(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """A run must fit in a lease; otherwise it is cut short and batches shrink to one."""
+    try:
+        longest = longest_handler_timeout()
+        lease = float(eventbus_settings.LEASE_SECONDS)
+    except (TypeError, ValueError):
+        return []  # a wrong type is E003's message
+    room = lease - lease_margin()
+    if longest[0] <= room:
+        return []
+    return [
+        Warning(
+            f"The {longest[0]:g} s timeout of {longest[1]} does not fit in "
+            f"EVENTBUS['LEASE_SECONDS'] ({lease:g}, less {lease_margin():g} s kept for "
+            "recording the outcome): such runs are cut to the lease and run one per batch.",
+            hint="Raise LEASE_SECONDS or lower the timeout.",
+            id="eventbus_app.W013",
+        )
+    ]
 
 
 @register(Tags.database)

@@ -96,15 +96,40 @@ def test_a_bad_setting_fails_manage_py_check() -> None:
         ({"orm": "default", "timeout": 60, "retry": 60}, ["eventbus_app.E011"]),
         ({"orm": "default", "retry": 60}, ["eventbus_app.W012"]),
         ({"orm": "default", "timeout": 30, "retry": 60, "sync": True}, ["eventbus_app.W011"]),
-        ({"orm": "default", "timeout": 400, "retry": 900}, ["eventbus_app.W013"]),
+        ({"orm": "default", "timeout": 400, "retry": 900}, []),  # runs never outlive a lease
+        ({"orm": "default", "timeout": 20, "retry": 60}, ["eventbus_app.W017"]),
         ({"orm": "default", "timeout": 5, "retry": 60}, ["eventbus_app.W014"]),
         ({"orm": "default", "timeout": 30, "retry": 60, "save_limit": 0}, ["eventbus_app.W015"]),
         ({"redis": {}, "timeout": 100, "retry": 60}, []),  # no ORM re-delivery with Redis
     ],
 )
 def test_dangerous_django_q_settings_are_flagged(q_cluster: Any, expected: list[str]) -> None:
-    with override_settings(Q_CLUSTER=q_cluster, EVENTBUS={"LEASE_SECONDS": 300}):
+    with override_settings(
+        Q_CLUSTER=q_cluster, EVENTBUS={"LEASE_SECONDS": 300, "HANDLER_TIMEOUT": 10}
+    ):
         assert ids(check_django_q()) == expected
+
+
+def test_handler_timeouts_that_do_not_fit_are_flagged(register: Any) -> None:
+    from eventbus_app.checks import check_handler_timeouts
+    from tests.testapp.events import Work
+
+    with override_settings(
+        Q_CLUSTER={"orm": "default", "timeout": 60, "retry": 120},
+        EVENTBUS={"LEASE_SECONDS": 300, "HANDLER_TIMEOUT": 10},
+    ):
+        assert check_handler_timeouts() == []
+        assert ids(check_django_q()) == []
+
+        @register(Work, name="t.long", timeout=55)
+        def long_running(event: Work) -> None: ...
+
+        # 60 s of django-q2 minus DISPATCH_SECONDS (10) minus 1 s: 55 s does not fit.
+        [warning] = check_django_q()
+        assert warning.id == "eventbus_app.W017" and "handler t.long" in warning.msg
+    with override_settings(EVENTBUS={"LEASE_SECONDS": 20, "HANDLER_TIMEOUT": 30}):
+        [warning] = check_handler_timeouts()
+        assert warning.id == "eventbus_app.W013" and "handler t.long" in warning.msg
 
 
 def test_missing_django_q_is_an_error(settings: Any) -> None:

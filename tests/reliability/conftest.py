@@ -33,6 +33,8 @@ from tests.testapp.models import Effect
 SIZE = os.environ.get("EVENTBUS_RELIABILITY_SIZE", "quick")
 FULL = SIZE == "full"
 LEASE_SECONDS = 3
+# Fits a few times in the short lease: a batch runs about 2 s before it gives the rest back.
+HANDLER_TIMEOUT = 1
 REPORT = Path(
     os.environ.get("EVENTBUS_RELIABILITY_REPORT")
     or Path(tempfile.gettempdir())
@@ -49,10 +51,15 @@ def sized(quick: int, full: int) -> int:
 def rel_env(worker_env: dict[str, str], tmp_path: Path, settings: Any) -> dict[str, str]:
     """Worker environment: short leases, the non-transactional effect log; no nudges here
     (the backlog is written before workers start)."""
-    settings.EVENTBUS = {**settings.EVENTBUS, "NUDGE": False, "LEASE_SECONDS": LEASE_SECONDS}
+    settings.EVENTBUS = {
+        **settings.EVENTBUS,
+        "NUDGE": False,
+        "LEASE_SECONDS": LEASE_SECONDS,
+        "HANDLER_TIMEOUT": HANDLER_TIMEOUT,
+    }
     worker_env["EVENTBUS_REL_LOG"] = str(tmp_path / "effects.log")
     worker_env["EVENTBUS_TEST_SETTINGS"] = json.dumps(
-        {"LEASE_SECONDS": LEASE_SECONDS, "DISPATCH_SECONDS": 5}
+        {"LEASE_SECONDS": LEASE_SECONDS, "DISPATCH_SECONDS": 5, "HANDLER_TIMEOUT": HANDLER_TIMEOUT}
     )
     return worker_env
 
