@@ -109,6 +109,7 @@ class Delivery(models.Model):
     in_flight = models.PositiveSmallIntegerField(
         _("in flight"),
         default=0,
+        db_default=0,
         editable=False,
         help_text=_(
             "While running: how many deliveries shared the start marker written before this "
@@ -119,6 +120,7 @@ class Delivery(models.Model):
     isolate = models.BooleanField(
         _("runs alone"),
         default=False,
+        db_default=False,
         help_text=_(
             "An attempt did not finish (its worker died or hung): it runs in a batch of its "
             "own until it succeeds, so it cannot take other deliveries down with it."

@@ -32,29 +32,42 @@ def _recovering(using: str, counts: Counts) -> Iterator[None]:
         conn.close()
 
 
+# Settling unfinished attempts and running isolated deliveries is rare work: a round does
+# it at most this often per process and database (and always in a round that found nothing
+# else), so fresh events do not wait for it.
+MAINTENANCE_SECONDS = 1.0
+_maintained: dict[str, float] = {}
+
+
 def run_once(using: str = "default", counts: Counts | None = None) -> Counts:
-    """One round: settle unfinished attempts; run one delivery that must run alone; one
-    claimed batch of due deliveries (retries, resumed handlers, expired leases); then one
-    fan-out batch whose deliveries are leased to this worker and run at once.
+    """One round: one fan-out batch whose deliveries are leased to this worker and run at
+    once; one claimed batch of due deliveries (retries, resumed handlers, expired leases);
+    then, now and then, settle unfinished attempts and run one delivery that must run alone.
 
     ``counts`` (if given) is updated as work commits, so it shows the progress made before
     an error."""
     counts = Counts() if counts is None else counts
-    settled = reclaim_unfinished(using)
-    counts.settled += settled
-    claimed_at = time.monotonic()
-    token, alone = claim(using, isolated=True)
-    if alone:
-        deliver(using, token, alone, claimed_at=claimed_at, counts=counts)
-    claimed_at = time.monotonic()
-    token, claimed = claim(using)
-    if claimed:
-        deliver(using, token, claimed, claimed_at=claimed_at, counts=counts)
     claimed_at = time.monotonic()
     fanned_out, token, fresh = fan_out_leased(using)
     counts.fanned_out += fanned_out
     if fresh:
         deliver(using, token, fresh, claimed_at=claimed_at, counts=counts)
+    claimed_at = time.monotonic()
+    token, claimed = claim(using)
+    if claimed:
+        deliver(using, token, claimed, claimed_at=claimed_at, counts=counts)
+    alone: list[object] = []
+    settled = 0
+    now = time.monotonic()
+    if not (fanned_out or claimed) or now - _maintained.get(using, 0.0) > MAINTENANCE_SECONDS:
+        _maintained[using] = now
+        settled = reclaim_unfinished(using)
+        counts.settled += settled
+        claimed_at = time.monotonic()
+        token, isolated = claim(using, isolated=True)
+        if isolated:
+            deliver(using, token, isolated, claimed_at=claimed_at, counts=counts)
+        alone = list(isolated)
     counts.more = bool(counts.fanned_out or claimed or alone or settled)
     batch = eventbus_settings.BATCH_SIZE
     counts.full = counts.full or len(claimed) >= batch or fanned_out >= batch
