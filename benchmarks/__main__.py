@@ -22,10 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["emit", "throughput", "latency", "backlog", "memory"],
+        choices=["emit", "throughput", "writes", "latency", "backlog", "memory"],
         help="Run only these sections (repeatable). Default: all.",
     )
-    parser.add_argument("--no-peer", action="store_true", help="Skip django-domain-events.")
+    parser.add_argument(
+        "--no-peer", action="store_true", help="Skip the peers (django-domain-events, procrastinate)."
+    )
     parser.add_argument("--json", type=Path, default=None, help="Where to write the results.")
     args = parser.parse_args(argv)
 
@@ -46,6 +48,18 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError as exc:
             peer_error = f"not installed ({exc}); pip install 'eventbus_app[bench]'"
     os.environ["BENCH_PEER"] = "0" if peer_error else "1"
+    procrastinate_error = ""
+    if args.no_peer:
+        procrastinate_error = "skipped (--no-peer)"
+    elif args.db != "postgres":
+        procrastinate_error = "needs PostgreSQL"
+    else:
+        try:
+            import procrastinate  # noqa: F401
+        except ImportError as exc:
+            procrastinate_error = f"not installed ({exc}); pip install 'eventbus_app[bench]'"
+    os.environ["BENCH_PROCRASTINATE"] = "0" if procrastinate_error else "1"
+    args.procrastinate_error = procrastinate_error
 
     from .runner import run
 

@@ -55,7 +55,7 @@ class Report:
 
     def table(self) -> str:
         head = ("section", "metric", "value", "target")
-        order = ["emit", "throughput", "latency", "backlog", "memory"]
+        order = ["emit", "throughput", "writes", "latency", "backlog", "memory"]
         rows = sorted(self.rows, key=lambda r: order.index(r[0]) if r[0] in order else 9)
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
         lines = [
@@ -118,6 +118,16 @@ def tables() -> list[str]:
     return names
 
 
+def _procrastinate() -> bool:
+    from django.apps import apps
+
+    return apps.is_installed("procrastinate.contrib.django")
+
+
+# procrastinate's tables (its Django models are unmanaged views of them).
+PROCRASTINATE_TABLES = ["procrastinate_events", "procrastinate_jobs"]
+
+
 def reset() -> None:
     """Empty the benchmark's tables and this cluster's broker queue."""
     from django.db import connection
@@ -125,8 +135,9 @@ def reset() -> None:
 
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
+            names = tables() + (PROCRASTINATE_TABLES if _procrastinate() else [])
             cursor.execute(
-                f"TRUNCATE {', '.join(connection.ops.quote_name(t) for t in tables())} "
+                f"TRUNCATE {', '.join(connection.ops.quote_name(t) for t in names)} "
                 "RESTART IDENTITY CASCADE"
             )
         else:
@@ -262,6 +273,16 @@ def emit_cost(size: Size, report: Report, peer: bool) -> None:
                 fire(PeerOrderPlaced(order_id=order.pk, customer="c", total_cents=i))
 
         variants["peer"] = peer_fire
+    if _procrastinate():
+        from .benchapp.tasks import write
+
+        def procrastinate_defer(i: int) -> None:
+            with transaction.atomic():
+                order = Order.objects.create(customer="c", total_cents=i)
+                for handler in (1, 2, 3, 4):
+                    write.defer(handler=handler, ref=order.pk)
+
+        variants["procrastinate"] = procrastinate_defer
 
     reset()
     for name, fn in variants.items():  # warm-up: connections, caches
@@ -292,6 +313,7 @@ def emit_cost(size: Size, report: Report, peer: bool) -> None:
             "eventbus_notify": "create() + emit(), NOTIFY on",
             "baseline": "create() + 4x on_commit(async_task)",
             "peer": "create() + django-domain-events fire()",
+            "procrastinate": "create() + 4x procrastinate defer()",
         }[name]
         target = "ratio <= 1.25 (PostgreSQL)" if name == "eventbus" else ""
         report.add("emit", f"{label}: median ms (ratio)", f"{med:.3f} ({ratio:.2f}x)", target)
@@ -501,6 +523,110 @@ def throughput(size: Size, report: Report, with_peer: bool, peer_error: str) -> 
     report.data["throughput"] = out
 
 
+# --- 2b. row-writing handlers -------------------------------------------------------------
+
+
+def _emit_written(n: int, per_tx: int, kind: str) -> None:
+    from django.db import transaction
+
+    from eventbus_app import emit
+
+    from .benchapp.events import Written
+    from .benchapp.models import Order
+
+    defer: Any = None
+    if kind == "procrastinate":
+        from .benchapp.tasks import write
+
+        defer = write.defer
+    i = 0
+    while i < n:
+        with transaction.atomic():
+            for _ in range(min(per_tx, n - i)):
+                order = Order.objects.create(customer="c", total_cents=i)
+                if kind == "eventbus":
+                    emit(Written(ref=order.pk))
+                else:
+                    for handler in (1, 2, 3, 4):
+                        defer(handler=handler, ref=order.pk)
+                i += 1
+
+
+def _row_rate(expected: int, timeout: float, what: str) -> dict[str, Any]:
+    """Wait for ``expected`` rows; the rate from the first row to the last (the database's
+    clock), so both systems are measured the same way."""
+    from django.db.models import Count, Max, Min
+
+    from .benchapp.models import Row
+
+    wait_for(lambda: Row.objects.count() >= expected, timeout, what)
+    span = Row.objects.aggregate(first=Min("created"), last=Max("created"), n=Count("id"))
+    seconds = max((span["last"] - span["first"]).total_seconds(), 1e-6)
+    duplicates = span["n"] - Row.objects.values("handler", "ref").distinct().count()
+    return {"deliveries": span["n"], "seconds": seconds, "duplicates": duplicates}
+
+
+def writes(size: Size, report: Report, procrastinate_error: str) -> None:
+    """Backlogs of events whose 4 handlers each insert one row, drained by 2 workers, next
+    to the no-op workload of the same size; procrastinate on the same row workload (one
+    job per handler, 2 worker processes)."""
+    from django.conf import settings
+    from django.test import override_settings
+
+    from eventbus_app import tasks
+
+    n = size.events
+    out: dict[str, Any] = {}
+    out["eventbus_noop"] = _drain_eventbus(size)
+    reset()
+    with override_settings(EVENTBUS={**settings.EVENTBUS, "NUDGE": False}):
+        _emit_written(n, size.tx_events, "eventbus")
+    tasks.nudge()
+    with qcluster():
+        out["eventbus_rows"] = _row_rate(4 * n, 60 + n / 10, "eventbus row writes")
+    if _procrastinate():
+        m = size.peer_events
+        reset()
+        _emit_written(m, size.tx_events, "procrastinate")
+        worker = [
+            sys.executable,
+            "-m",
+            "django",
+            "procrastinate",
+            "worker",
+            "--queues",
+            "bench",
+            "--concurrency",
+            "1",
+        ]
+        with processes(worker, worker):
+            out["procrastinate_rows"] = _row_rate(4 * m, 60 + m, "procrastinate jobs")
+    for r in out.values():
+        r["per_second"] = r["deliveries"] / r["seconds"]
+    peer = out.get("procrastinate_rows", {}).get("per_second")
+    labels = {
+        "eventbus_noop": "eventbus, no-op handlers, backlog, 2 workers: deliveries/s",
+        "eventbus_rows": "eventbus, row-writing handlers, backlog, 2 workers: deliveries/s",
+        "procrastinate_rows": "procrastinate, row-writing jobs, backlog, 2 workers: jobs/s",
+    }
+    targets = {
+        "eventbus_noop": ">= 20000/s (PG)",
+        "eventbus_rows": ">= 2500/s and >= 5x procrastinate (PG)",
+    }
+    for name, r in out.items():
+        ratio = f" ({r['per_second'] / peer:.1f}x procrastinate)" if peer else ""
+        dupes = f", {r['duplicates']} duplicates" if r.get("duplicates") else ""
+        report.add(
+            "writes",
+            f"{labels[name]} ({r['deliveries']})",
+            f"{r['per_second']:.0f}{ratio}{dupes}",
+            targets.get(name, ""),
+        )
+    if not _procrastinate():
+        report.add("writes", "procrastinate", "n/a", procrastinate_error)
+    report.data["writes"] = out
+
+
 # --- 3. latency --------------------------------------------------------------------------
 
 
@@ -522,6 +648,10 @@ def latency(size: Size, report: Report, broker: str) -> None:
                 transaction.on_commit(lambda k=key: committed.__setitem__(k, time.time()))
                 if kind == "eventbus":
                     emit(Ping(key=key))
+                elif kind == "procrastinate":
+                    from .benchapp.tasks import ping
+
+                    ping.defer(key=key)
                 else:
                     transaction.on_commit(
                         lambda k=key: async_task("benchmarks.benchapp.baseline.ping", k)
@@ -546,10 +676,18 @@ def latency(size: Size, report: Report, broker: str) -> None:
             out[kind] = summary(probe(kind))
     if connection.vendor == "postgresql":
         out["eventbus_notify"] = summary(_notify_probe(probe))
+    if _procrastinate():
+        worker = [sys.executable, "-m", "django", "procrastinate", "worker", "--queues", "bench"]
+        with processes(worker):
+            time.sleep(2)  # let the worker start listening
+            out["procrastinate"] = summary(probe("procrastinate"))
     rate = 1 / size.latency_interval
-    target = "p50 <= 15, p99 <= 60" if broker == "redis" else "p50 <= 100"
+    target = "p50 <= 3 (Redis)" if broker == "redis" else "p50 <= 100"
     for kind, r in out.items():
-        label = {"eventbus_notify": "eventbus, NOTIFY on"}.get(kind, kind)
+        label = {
+            "eventbus_notify": "eventbus, NOTIFY on",
+            "procrastinate": "procrastinate (LISTEN/NOTIFY)",
+        }.get(kind, kind)
         report.add(
             "latency",
             f"{label}: commit -> handler start p50 / p99 ms (~{rate:.0f}/s)",
@@ -811,7 +949,7 @@ def run(args: argparse.Namespace, peer_error: str) -> int:
 
     call_command("migrate", verbosity=0)
     size = SIZES[args.size]
-    sections = args.only or ["emit", "throughput", "latency", "backlog", "memory"]
+    sections = args.only or ["emit", "throughput", "writes", "latency", "backlog", "memory"]
     with_peer = not peer_error
     report = Report()
     report.data["meta"] = {
@@ -822,6 +960,7 @@ def run(args: argparse.Namespace, peer_error: str) -> int:
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(args.db, args.broker),
         "peer": "django-domain-events" if with_peer else peer_error,
+        "procrastinate": args.procrastinate_error or "procrastinate",
     }
     print(f"eventbus benchmarks: {args.db} + {args.broker} broker, size {args.size}", flush=True)
     started = time.perf_counter()
@@ -830,6 +969,8 @@ def run(args: argparse.Namespace, peer_error: str) -> int:
 
     if "throughput" in sections:
         throughput(size, report, with_peer, peer_error)
+    if "writes" in sections:
+        writes(size, report, args.procrastinate_error)
     if "latency" in sections:
         latency(size, report, args.broker)
     if "backlog" in sections:

@@ -3,7 +3,8 @@
 ``BENCH_DB`` (sqlite|postgres), ``BENCH_BROKER`` (orm|redis), ``BENCH_DB_NAME`` (the
 database the runner created), ``BENCH_SUFFIX`` (keeps parallel runs apart: database,
 django-q2 cluster and queue names), ``BENCH_PEER=1`` adds django-domain-events,
-``BENCH_NOTIFY=1`` turns ``EVENTBUS['NOTIFY']`` on.
+``BENCH_PROCRASTINATE=1`` adds procrastinate (PostgreSQL only), ``BENCH_NOTIFY=1`` turns
+``EVENTBUS['NOTIFY']`` on.
 PostgreSQL is reached on ``EVENTBUS_PG_HOST``/``EVENTBUS_PG_PORT`` (127.0.0.1:5432) as
 ``EVENTBUS_PG_USER`` (postgres); Redis on ``BENCH_REDIS_PORT`` (6379).
 """
@@ -17,6 +18,8 @@ SUFFIX = os.environ.get("BENCH_SUFFIX", "bench")
 DB_KIND = os.environ.get("BENCH_DB", "sqlite")
 BROKER = os.environ.get("BENCH_BROKER", "orm")
 PEER = os.environ.get("BENCH_PEER") == "1"
+# procrastinate (the second peer) needs PostgreSQL.
+PROCRASTINATE = os.environ.get("BENCH_PROCRASTINATE") == "1" and DB_KIND == "postgres"
 
 SECRET_KEY = "benchmarks-only-not-secret"
 DEBUG = False
@@ -34,6 +37,8 @@ INSTALLED_APPS = [
 ]
 if PEER:
     INSTALLED_APPS.append("django_domain_events")
+if PROCRASTINATE:
+    INSTALLED_APPS.append("procrastinate.contrib.django")
 
 if DB_KIND == "postgres":
     DATABASES = {

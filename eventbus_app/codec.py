@@ -36,14 +36,38 @@ class CodecError(ValueError):
 
 _field_types: dict[type, dict[str, Any]] = {}
 
+# Bare containers, as users write them (``meta: dict``): their JSON form is unambiguous.
+# Bare ``frozenset`` and ``set`` are not here: JSON arrays and objects are not hashable.
+_BARE: dict[Any, Any] = {dict: dict[str, Any], list: list[Any], tuple: tuple[Any, ...]}
+
 
 def field_types(cls: type) -> dict[str, Any]:
-    """Resolved annotations of a dataclass's fields (cached per class)."""
+    """Resolved annotations of a dataclass's fields, bare containers expanded (cached per
+    class)."""
     cached = _field_types.get(cls)
     if cached is None:
         hints = typing.get_type_hints(cls)
-        cached = _field_types[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+        cached = _field_types[cls] = {
+            f.name: expand_bare(hints[f.name]) for f in dataclasses.fields(cls)
+        }
     return cached
+
+
+def expand_bare(tp: Any) -> Any:
+    """``dict`` → ``dict[str, Any]``, ``list`` → ``list[Any]``, ``tuple`` →
+    ``tuple[Any, ...]`` (also ``typing.Dict`` and friends), at any depth of ``tp``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if not args:
+        bare = origin if origin in _BARE else tp
+        return _BARE[bare] if isinstance(bare, type) and bare in _BARE else tp
+    expanded = tuple(a if a is Ellipsis else expand_bare(a) for a in args)
+    if expanded == args:
+        return tp
+    if _is_union(tp):
+        return typing.Union[expanded]  # noqa: UP007 (a runtime union of computed members)
+    if origin in (list, tuple, frozenset, set, dict):
+        return origin[expanded]
+    return tp
 
 
 def _check_str(value: str, path: str) -> str:
@@ -104,22 +128,33 @@ def check_annotation(tp: Any, path: str) -> None:
         for member in members:
             check_annotation(member, path)
         return
-    if origin in (list, tuple, frozenset, set, dict):
-        if not args:
-            raise CodecError(path, f"{_type_name(tp)} needs item types, e.g. list[int]")
-        if origin is set:
-            raise CodecError(path, "set is mutable; use frozenset[...] in a frozen event")
+    if tp is set or origin is set:
+        raise CodecError(
+            path, f"{tp!r} is mutable; use frozenset[str] (with its item type) in a frozen event"
+        )
+    if tp is frozenset or (origin is frozenset and not args):
+        raise CodecError(path, "frozenset needs its item type, e.g. frozenset[str]")
+    if origin in (list, tuple, frozenset, dict):
         if (
             origin is dict
             and args[0] not in (str, int, uuid.UUID)
             and not (isinstance(args[0], type) and issubclass(args[0], enum.Enum))
         ):
-            raise CodecError(path, f"dict keys must be str, int, UUID or Enum, not {args[0]!r}")
+            raise CodecError(
+                path,
+                f"dict keys must be str, int, UUID or Enum, not {args[0]!r}; "
+                f"use dict[str, {_type_name(args[1])}]",
+            )
         for arg in args:
             if arg is not Ellipsis:
                 check_annotation(arg, path)
         return
-    raise CodecError(path, f"annotation {tp!r} is not supported in events")
+    raise CodecError(
+        path,
+        f"annotation {tp!r} is not supported in events; use a type that round-trips through "
+        "JSON (str, int, float, bool, datetime, date, time, Decimal, UUID, an Enum, a "
+        "dataclass, list/tuple/frozenset/dict of those) or Any for plain JSON values",
+    )
 
 
 def encode(value: Any, tp: Any, path: str, depth: int = 0) -> Any:

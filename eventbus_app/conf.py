@@ -41,6 +41,14 @@ OPTIONS: dict[str, Option] = {
         "lease and of django-q2's task timeout.",
         0.1,
     ),
+    "HANDLER_SYNCHRONOUS_COMMIT": Option(
+        True,
+        (bool,),
+        "PostgreSQL: a handler's transaction waits for its WAL flush at COMMIT (the "
+        "database's default). Off: it does not (synchronous_commit off for that transaction "
+        "only): a database crash may then lose the last ~0.6 s of handler commits, each with "
+        "its success record, so those deliveries run again; nothing is lost or applied twice.",
+    ),
     "MAX_CHAIN_DEPTH": Option(
         16, (int,), "How deep handlers may emit events from events before it stops.", 1
     ),

@@ -99,6 +99,57 @@ def test_unsupported_annotations_fail_at_class_creation() -> None:
             tags: set[str]
 
 
+class Bare(Event, event_type="t.Bare"):
+    """Bare containers, as users write them."""
+
+    meta: dict
+    items: list
+    t: tuple
+    rows: list[dict] | None = None
+
+
+def test_bare_containers_mean_containers_of_json_values() -> None:
+    from eventbus_app.codec import field_types
+
+    assert field_types(Bare) == {
+        "meta": dict[str, Any],
+        "items": list[Any],
+        "t": tuple[Any, ...],
+        "rows": list[dict[str, Any]] | None,
+    }
+    event = Bare(meta={"a": [1, {"b": None}]}, items=[1, "x", 2.5], t=(1, "two"), rows=[{}])
+    assert Bare.from_json(event.to_json(), 1) == event
+
+
+@pytest.mark.django_db
+def test_bare_containers_round_trip_through_the_database() -> None:
+    event = Bare(meta={"k": "v", "n": [1, 2]}, items=[True, None], t=("a", 1))
+    stored = OutboxEvent.objects.get(pk=emit(event).pk)
+    assert Bare.from_json(stored.payload, stored.version) == event
+
+
+def test_bare_containers_still_refuse_non_json_values_naming_the_field() -> None:
+    with pytest.raises(PayloadError, match="'meta\\['k'\\]'.*annotate the field"):
+        Bare(meta={"k": object()}, items=[], t=()).to_json()
+    with pytest.raises(PayloadError, match="keys must be str"):
+        Bare(meta={1: "x"}, items=[], t=()).to_json()
+
+
+@pytest.mark.parametrize(
+    ("annotation", "fix"),
+    [
+        (frozenset, "frozenset needs its item type, e.g. frozenset[str]"),
+        (set, "use frozenset[str]"),
+        (dict[object, int], "use dict[str, int]"),
+        (object, "or Any for plain JSON values"),
+    ],
+)
+def test_what_cannot_round_trip_is_refused_with_the_fix(annotation: Any, fix: str) -> None:
+    with pytest.raises(EventDefinitionError) as err:
+        type("Refused", (Event,), {"__annotations__": {"x": annotation}}, event_type="t.Refused")
+    assert "'x'" in str(err.value) and fix in str(err.value)
+
+
 def test_codec_round_trips_every_supported_type_in_memory() -> None:
     event = everything()
     payload = event.to_json()

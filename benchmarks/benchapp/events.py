@@ -21,3 +21,9 @@ class Bulk(Event, event_type="bench.Bulk"):
     """One no-op handler: the backlog and memory workload."""
 
     n: int
+
+
+class Written(Event, event_type="bench.Written"):
+    """Four handlers that each insert one row: effectively-once work."""
+
+    ref: int

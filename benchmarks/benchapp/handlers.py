@@ -6,8 +6,8 @@ import time
 
 from eventbus_app import current_delivery, handler
 
-from .events import Bulk, OrderPlaced, Ping
-from .models import Mark
+from .events import Bulk, OrderPlaced, Ping, Written
+from .models import Mark, Row
 
 
 @handler(OrderPlaced, name="bench.noop1")
@@ -40,3 +40,28 @@ def ping(event: Ping) -> None:
 @handler(Bulk, name="bench.bulk")
 def bulk(event: Bulk) -> None:
     pass
+
+
+def _write(handler: int, event: Written) -> None:
+    ctx = current_delivery()
+    Row.objects.using(ctx.using if ctx else "default").create(handler=handler, ref=event.ref)
+
+
+@handler(Written, name="bench.write1")
+def write1(event: Written) -> None:
+    _write(1, event)
+
+
+@handler(Written, name="bench.write2")
+def write2(event: Written) -> None:
+    _write(2, event)
+
+
+@handler(Written, name="bench.write3")
+def write3(event: Written) -> None:
+    _write(3, event)
+
+
+@handler(Written, name="bench.write4")
+def write4(event: Written) -> None:
+    _write(4, event)

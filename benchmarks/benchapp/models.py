@@ -1,4 +1,5 @@
 from django.db import models
+from django.db.models.functions import Now
 
 
 class Order(models.Model):
@@ -21,3 +22,16 @@ class Mark(models.Model):
 
     def __str__(self) -> str:
         return f"probe {self.key}"
+
+
+class Row(models.Model):
+    """The row-writing workload's effect: one row per (event, handler), written in the
+    handler's transaction. ``created`` is the database's clock, for the rate."""
+
+    id = models.BigAutoField(primary_key=True)
+    handler = models.SmallIntegerField()
+    ref = models.BigIntegerField()
+    created = models.DateTimeField(db_default=Now())
+
+    def __str__(self) -> str:
+        return f"row {self.handler}/{self.ref}"

@@ -76,11 +76,14 @@ def claim(
             inner, params = picked.query.get_compiler(using=using).as_sql()
             table = connection.ops.quote_name(Delivery._meta.db_table)
             with connection.cursor() as cursor:
+                # Our own bookkeeping skips the WAL flush: lost with a crash, the rows are
+                # simply claimed again.
                 cursor.execute(
                     f"WITH picked AS MATERIALIZED ({inner}) UPDATE {table} SET status = %s, "
                     "lease_token = %s, in_flight = 0, "
                     "next_attempt_at = STATEMENT_TIMESTAMP() + make_interval(secs => %s) "
-                    f"FROM picked WHERE {table}.id = picked.pk",
+                    "FROM picked, (SELECT set_config('synchronous_commit', 'off', true)) AS cfg "
+                    f"WHERE {table}.id = picked.pk",
                     [*params, Status.RUNNING.value, token, lease.total_seconds()],
                 )
                 updated = cursor.rowcount

@@ -152,7 +152,9 @@ class _Batch:
         started = time.monotonic() if claimed_at is None else claimed_at
         self.lease_ends = started + eventbus_settings.LEASE_SECONDS - lease_margin()
         self.events: dict[int, Event] = {}
-        self.marked: set[int] = set()
+        # Fan-out (on PostgreSQL) writes the first delivery's start marker itself.
+        self.marked: set[int] = {d.pk for d in todo if d.in_flight == 1}
+        todo.sort(key=lambda d: d.pk not in self.marked)  # stable: id order otherwise
         self.pending: list[Delivery] = []  # successes not recorded yet (no database use)
         self.pending_since = 0.0
         self.ran = 0
@@ -306,7 +308,9 @@ class _Batch:
         """Inside the delivery's transaction: record its success (and the pending ones, and
         the next start marker), so that they commit together with its work."""
         succeeded, marked = self._write_in_transaction(
-            ok=[delivery, *self.pending], mark=self._segment(position + 1)
+            ok=[delivery, *self.pending],
+            mark=self._segment(position + 1),
+            synchronous=eventbus_settings.HANDLER_SYNCHRONOUS_COMMIT,
         )
         if delivery.pk not in succeeded:
             raise LeaseLost(
