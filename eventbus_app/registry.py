@@ -53,9 +53,16 @@ def handler(
     (seconds, default ``EVENTBUS['HANDLER_TIMEOUT']``) is how long one run may take before
     it is interrupted and fails as timed out.
     """
+    if callable(event_cls) and not isinstance(event_cls, type):
+        # A bare ``@handler`` (no parentheses) passes the function itself here.
+        raise HandlerRegistrationError(
+            f"@handler needs the event class it handles, got the function {event_cls!r}: "
+            "use @handler(EventClass) above the function, not a bare @handler"
+        )
     if not (isinstance(event_cls, type) and issubclass(event_cls, Event)) or event_cls is Event:
         raise HandlerRegistrationError(
-            f"@handler needs an Event subclass as its first argument, got {event_cls!r}"
+            f"@handler needs an Event subclass as its first argument, got {event_cls!r}; "
+            "use @handler(EventClass)"
         )
     if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
         raise HandlerRegistrationError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
@@ -73,6 +80,7 @@ def handler(
     def decorate(func: F) -> F:
         if not callable(func):
             raise HandlerRegistrationError(f"@handler decorates a function, got {func!r}")
+        _check_takes_the_event(func, event_cls)
         spec = HandlerSpec(
             name=name or f"{func.__module__}.{func.__qualname__}",
             func=func,
@@ -95,6 +103,24 @@ def handler(
         return func
 
     return decorate
+
+
+def _check_takes_the_event(func: Callable[..., Any], event_cls: type[Event]) -> None:
+    """The dispatcher calls ``func(event)``: refuse, now, a function that cannot take it
+    (it would otherwise fail on every delivery, at run time)."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return  # no signature to read (some builtins): let it run
+    try:
+        signature.bind(object())
+    except TypeError as exc:
+        name = getattr(func, "__qualname__", repr(func))
+        raise HandlerRegistrationError(
+            f"Handler {name}{signature} cannot be called with the event ({exc}): the "
+            f"dispatcher calls it with one argument. Define it as "
+            f"def {getattr(func, '__name__', 'handle')}(event: {event_cls.__name__}) -> None."
+        ) from None
 
 
 def get_handler(name: str) -> HandlerSpec | None:
