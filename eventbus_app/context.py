@@ -7,14 +7,18 @@ import uuid
 from dataclasses import dataclass
 
 _NAMESPACE = uuid.UUID("0b5e6f3c-8a0c-4c41-9d39-5b0e4a3c2f10")
+_NOT_GIVEN = uuid.UUID(int=0)
 
 
 @dataclass(frozen=True)
 class DeliveryContext:
     """The delivery a handler is running for.
 
-    ``idempotency_key`` is the same for every retry of one delivery, and new for a replay:
-    pass it to external APIs (a payment provider's ``Idempotency-Key`` header, say).
+    ``event_uuid`` is the event's ``OutboxEvent.uuid``, unique across databases and
+    services (``event_id`` is unique only within one database). ``idempotency_key`` is
+    derived from it: the same for every retry of one delivery, new for a replay, and never
+    the same for two events: pass it to external APIs (a payment provider's
+    ``Idempotency-Key`` header, say).
     """
 
     delivery_id: int
@@ -27,10 +31,24 @@ class DeliveryContext:
     depth: int
     replays: int
     using: str
+    event_uuid: uuid.UUID = _NOT_GIVEN
+
+    def __post_init__(self) -> None:
+        if self.event_uuid == _NOT_GIVEN:
+            # Built without it (by hand, say): read it, since a key derived from the
+            # integer id would collide across databases and environments.
+            from .models import OutboxEvent
+
+            stored = (
+                OutboxEvent.objects.using(self.using)
+                .values_list("uuid", flat=True)
+                .get(pk=self.event_id)
+            )
+            object.__setattr__(self, "event_uuid", stored)
 
     @property
     def idempotency_key(self) -> str:
-        return str(uuid.uuid5(_NAMESPACE, f"{self.event_id}/{self.handler}/{self.replays}"))
+        return str(uuid.uuid5(_NAMESPACE, f"{self.event_uuid}/{self.handler}/{self.replays}"))
 
 
 _current: contextvars.ContextVar[DeliveryContext | None] = contextvars.ContextVar(

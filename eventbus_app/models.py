@@ -2,18 +2,56 @@
 
 from __future__ import annotations
 
+import uuid as uuid_lib
 from typing import Any, ClassVar
 
-from django.db import models
+from django.db import NotSupportedError, models
 from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+
+
+class RandomUUID(models.Func):
+    """A random (version 4) UUID made by the database, for rows written with SQL that
+    leaves the column out (bulk loads, another service's INSERT). ``emit()`` passes its own."""
+
+    output_field = models.UUIDField()
+
+    def as_sql(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, list[Any]]:
+        raise NotSupportedError(
+            f"eventbus_app needs PostgreSQL or SQLite, not {connection.vendor!r}: RandomUUID "
+            "has no SQL for it."
+        )
+
+    def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, list[Any]]:
+        return "gen_random_uuid()", []  # built in since PostgreSQL 13
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, list[Any]]:
+        # SQLite has no uuid function. Django stores a UUID there as 32 hex digits: the
+        # version nibble is 4 and the variant nibble one of 8, 9, a, b.
+        return (
+            "lower(hex(randomblob(6)) || '4' || substr(hex(randomblob(2)), 2) || "
+            "substr('89ab', 1 + (random() & 3), 1) || substr(hex(randomblob(2)), 2) || "
+            "hex(randomblob(6)))",
+            [],
+        )
 
 
 class OutboxEvent(models.Model):
     """One emitted event, written in the emitting transaction."""
 
     id = models.BigAutoField(primary_key=True)
+    uuid = models.UUIDField(
+        _("uuid"),
+        default=uuid_lib.uuid4,
+        db_default=RandomUUID(),
+        unique=True,
+        editable=False,
+        help_text=_(
+            "Globally unique: the event's identity across databases and services "
+            "(idempotency keys, relays). The id is unique only within one database."
+        ),
+    )
     event_type = models.CharField(_("event type"), max_length=200, db_index=True)
     version = models.PositiveIntegerField(_("version"), default=1)
     payload = models.JSONField(_("payload"))

@@ -120,6 +120,7 @@ def emit(
 
 
 _COLUMNS = (
+    "uuid",
     "event_type",
     "version",
     "payload",
@@ -153,7 +154,11 @@ def _prepared_insert(connection: Any) -> tuple[str, list[tuple[int, Field[Any, A
         if key[1]:
             # Delivered at commit, in the same statement: no extra round trip.
             sql += f", pg_notify('{CHANNEL}', '')"
-        adapt = [(i, f) for i, f in enumerate(fields) if f.name in ("correlation_id", "created_at")]
+        adapt = [
+            (i, f)
+            for i, f in enumerate(fields)
+            if f.name in ("uuid", "correlation_id", "created_at")
+        ]
         prepared = _INSERT[key] = (sql, adapt)
     return prepared
 
@@ -166,6 +171,7 @@ def _insert(using: str, text: str, queue_row: tuple[str, str] | None, **values: 
     from .models import OutboxEvent
 
     connection = connections[using]
+    values["uuid"] = uuid.uuid4()  # made here, not by the database: no RETURNING needed
     values["created_at"] = timezone.now()
     sql, adapt = _prepared_insert(connection)
     queue_params: list[Any] = []
@@ -181,6 +187,7 @@ def _insert(using: str, text: str, queue_row: tuple[str, str] | None, **values: 
         # jsonb keeps a number's digits, not its float-ness: 1e+16 would come back an int.
         text = _EXPONENT_NUMBER.sub(_positional, text)
     params = [
+        values["uuid"],
         values["event_type"],
         values["version"],
         text,

@@ -413,3 +413,95 @@ def test_a_forked_child_gets_a_fresh_nudger_state() -> None:
             tasks._in_flight -= 1
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_every_event_gets_its_own_uuid_stored_with_it() -> None:
+    first, second = emit(Work(key="a")), emit(Work(key="b"))
+    assert isinstance(first.uuid, uuid.UUID) and first.uuid.version == 4
+    assert first.uuid != second.uuid
+    assert OutboxEvent.objects.get(pk=first.pk).uuid == first.uuid
+
+
+def test_a_raw_insert_that_leaves_out_the_uuid_gets_one_from_the_database() -> None:
+    """Bulk loads and hand-written SQL (benchmarks/, tests/test_workers.py) omit it."""
+    from django.db import connection
+
+    now = "now()" if connection.vendor == "postgresql" else "'2026-01-01 00:00:00'"
+    with connection.cursor() as cursor:
+        for key in ("a", "b"):
+            cursor.execute(
+                "INSERT INTO eventbus_app_outboxevent (event_type, version, payload, "
+                f"correlation_id, depth, created_at) VALUES ('testapp.Work', 1, %s, %s, 0, {now})",
+                [f'{{"key": "{key}"}}', uuid.uuid4().hex],
+            )
+    made = list(OutboxEvent.objects.values_list("uuid", flat=True))
+    assert len(made) == 2 and len(set(made)) == 2
+    assert all(isinstance(u, uuid.UUID) and u.version == 4 for u in made)
+
+
+def test_idempotency_keys_come_from_the_event_uuid_not_the_database_id() -> None:
+    from eventbus_app import DeliveryContext
+
+    def context(event_uuid: uuid.UUID, replays: int = 0, attempt: int = 1) -> DeliveryContext:
+        return DeliveryContext(
+            delivery_id=1,
+            event_id=1,  # event #1 exists in every database and every environment
+            event_type="testapp.Work",
+            handler="payments.charge",
+            attempt=attempt,
+            correlation_id=uuid.uuid4(),
+            causation_id=None,
+            depth=0,
+            replays=replays,
+            using="default",
+            event_uuid=event_uuid,
+        )
+
+    staging, production = uuid.uuid4(), uuid.uuid4()
+    assert context(staging).idempotency_key != context(production).idempotency_key
+    assert context(staging).idempotency_key == context(staging, attempt=3).idempotency_key
+    assert context(staging).idempotency_key != context(staging, replays=1).idempotency_key
+
+
+def test_a_handler_sees_its_event_uuid(register: Any) -> None:
+    from eventbus_app import DeliveryContext
+
+    seen: list[DeliveryContext] = []
+
+    @register(Work, name="t.uuid_seen")
+    def uuid_seen(event: Work) -> None:
+        ctx = current_delivery()
+        assert ctx is not None
+        seen.append(ctx)
+        if ctx.attempt == 1:
+            raise RuntimeError("retry me")
+
+    record = emit(Work(key="u"))
+    drain()
+    assert [c.event_uuid for c in seen] == [record.uuid, record.uuid]
+    assert seen[0].idempotency_key == seen[1].idempotency_key  # stable across retries
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_gives_existing_events_distinct_uuids() -> None:
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    leaf = executor.loader.graph.leaf_nodes("eventbus_app")
+    executor.migrate([("eventbus_app", "0003_delivery_start_marker")])
+    try:
+        now = "now()" if connection.vendor == "postgresql" else "'2026-01-01 00:00:00'"
+        with connection.cursor() as cursor:
+            for key in ("a", "b", "c"):
+                cursor.execute(
+                    "INSERT INTO eventbus_app_outboxevent (event_type, version, payload, "
+                    "correlation_id, depth, created_at) "
+                    f"VALUES ('testapp.Work', 1, %s, %s, 0, {now})",
+                    [f'{{"key": "{key}"}}', uuid.uuid4().hex],
+                )
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.migrate(leaf)
+    made = list(OutboxEvent.objects.values_list("uuid", flat=True))
+    assert len(made) == 3 and len(set(made)) == 3 and None not in made

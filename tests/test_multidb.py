@@ -36,3 +36,19 @@ def test_drain_of_an_alias_delivers_there_and_chains_stay_there(settings: Any) -
     assert OutboxEvent.objects.using("other").filter(depth=1).count() == 1
     assert not Delivery.objects.exists()
     assert drain()["delivered"] == 0
+
+
+def test_events_with_one_id_in_two_databases_get_different_idempotency_keys() -> None:
+    """Event #N exists in every database (and in staging and production): keys must not
+    come from the id, or a payment provider answers one with the other's cached reply."""
+    a, b = emit(Work(key="a")), emit(Work(key="b"), using="other")
+    same_id = max(a.pk, b.pk) + 1000
+    OutboxEvent.objects.filter(pk=a.pk).update(id=same_id)
+    OutboxEvent.objects.using("other").filter(pk=b.pk).update(id=same_id)
+    drain()
+    drain("other")
+    key_a = Effect.objects.get(handler="testapp.record").idempotency_key
+    key_b = Effect.objects.using("other").get(handler="testapp.record").idempotency_key
+    assert Effect.objects.get(handler="testapp.record").event_id == same_id
+    assert Effect.objects.using("other").get(handler="testapp.record").event_id == same_id
+    assert key_a != key_b
