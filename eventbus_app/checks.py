@@ -7,8 +7,8 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
-from .dispatch.execute import ALARM_MARGIN, lease_margin
 from .conf import OPTIONS, eventbus_settings
+from .dispatch.execute import ALARM_MARGIN, lease_margin
 
 
 @register(Tags.compatibility)
@@ -171,6 +171,7 @@ def check_django_q(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                     id="eventbus_app.W017",
                 )
             )
+        messages += sweep_messages(timeout, longest)
     if q.get("save_limit", 250) == 0:
         messages.append(
             Warning(
@@ -181,6 +182,66 @@ def check_django_q(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             )
         )
     return messages
+
+
+def sweep_messages(timeout: float, longest: tuple[float, str]) -> list[CheckMessage]:
+    """The sweep, one django-q2 task, dispatches on every served database in turn, each for
+    up to DISPATCH_SECONDS (and a batch in progress may run one handler timeout longer):
+    that must fit in the task's timeout, or the worker is killed mid-batch and the later
+    databases are never swept. (With one database W017 says the same.)"""
+    aliases = list(eventbus_settings.DATABASES)
+    seconds = float(eventbus_settings.DISPATCH_SECONDS)
+    needed = len(aliases) * seconds + longest[0] + ALARM_MARGIN
+    if len(aliases) < 2 or timeout >= needed:
+        return []
+    return [
+        Warning(
+            f"Q_CLUSTER 'timeout' ({timeout}) is shorter than a sweep can take: "
+            f"{len(aliases)} databases in EVENTBUS['DATABASES'] ({', '.join(aliases)}) * "
+            f"DISPATCH_SECONDS ({seconds:g}) + the {longest[0]:g} s timeout of {longest[1]} "
+            f"+ {ALARM_MARGIN:g} s = {needed:g} s. django-q2 kills the sweep before it has "
+            "served the last of them.",
+            hint=f"Raise Q_CLUSTER 'timeout' to at least {needed:g} (and 'retry' above it), "
+            "or lower DISPATCH_SECONDS.",
+            id="eventbus_app.W022",
+        )
+    ]
+
+
+@register(Tags.database)
+def check_outbox_databases(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    return outbox_database_messages(settings.DATABASES, eventbus_settings.DATABASES)
+
+
+def outbox_database_messages(databases: dict[str, Any], served: Any) -> list[CheckMessage]:
+    """Databases that can hold outbox rows (the router lets eventbus_app migrate there, or
+    sends its writes there) but that the sweep does not serve: an event there whose nudge is
+    lost waits forever."""
+    from django.db import router
+
+    from .models import OutboxEvent
+
+    if not isinstance(served, list | tuple):
+        return []  # E003 says what is wrong with it
+    try:
+        writable = {a for a in databases if router.allow_migrate_model(a, OutboxEvent)}
+        writable.add(router.db_for_write(OutboxEvent))
+    except Exception:  # a router that fails here fails Django's own checks too
+        return []
+    unserved = sorted(a for a in writable if a in databases and a not in served)
+    if not unserved:
+        return []
+    return [
+        Warning(
+            f"The router lets eventbus_app write events to {unserved}, which "
+            f"EVENTBUS['DATABASES'] ({list(served)}) does not name: the sweep never looks "
+            "there, so an event emitted there whose nudge is lost (a broker outage, a "
+            "worker that died) is never dispatched.",
+            hint=f"Add {unserved} to EVENTBUS['DATABASES'], or make your router's "
+            "allow_migrate() refuse eventbus_app on them.",
+            id="eventbus_app.W021",
+        )
+    ]
 
 
 def longest_handler_timeout() -> tuple[float, str]:

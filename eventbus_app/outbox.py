@@ -28,20 +28,26 @@ def emit(
     *,
     using: str | None = None,
     correlation_id: uuid.UUID | str | None = None,
+    stream: str = "",
+    expected_version: int | None = None,
 ) -> OutboxEvent:
     """Store ``event`` in the current transaction of database ``using``; return the row.
 
     Nothing runs now: handlers run in the background once the transaction commits. Inside a
     handler the new event is chained to the one being handled (causation, correlation,
     depth). ``correlation_id`` starts a first event in a correlation you already have (an
-    incoming request's id, say).
+    incoming request's id, say). ``stream`` appends the event to that stream at the next
+    position; with ``expected_version`` only if the stream's last position is that one
+    (0: the stream must be new), else :class:`WrongExpectedVersion` is raised.
     """
     from .models import OutboxEvent
+    from .streams.store import check_stream
 
     if not isinstance(event, Event):
         raise EventBusError(
             f"emit() takes an Event instance, got {type(event).__name__} {event!r:.80}"
         )
+    check_stream(stream, expected_version)
     payload = event.to_json()
     text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     limit = eventbus_settings.MAX_PAYLOAD_BYTES
@@ -64,11 +70,14 @@ def emit(
     causation_id = None
     if parent is not None:
         depth = parent.depth + 1
-        causation_id = parent.event_id
         if correlation_id is None:
             correlation_id = parent.correlation_id
         if using is None:
             using = parent.using
+        # causation is a foreign key: it cannot point into another database (it would fail
+        # at commit, or worse, link whichever event has that id there).
+        if using == parent.using:
+            causation_id = parent.event_id
         max_depth = eventbus_settings.MAX_CHAIN_DEPTH
         if depth > max_depth:
             error = ChainDepthExceeded(
@@ -93,17 +102,29 @@ def emit(
     # No savepoint: if anything below fails, the caller's transaction must roll back
     # whole (the event row is already written); in autocommit this is the transaction.
     with transaction.atomic(using=using, savepoint=False):
-        # A dispatcher running this handler keeps going until idle, so it needs no nudge.
-        nudge = parent is None and eventbus_settings.NUDGE and not _nudge_registered(using)
+        # A dispatcher running this handler keeps going until idle, so it needs no nudge,
+        # but only on its own database: an event on another one needs its own dispatcher.
+        nudge = (
+            (parent is None or parent.using != using)
+            and eventbus_settings.NUDGE
+            and not _nudge_registered(using)
+        )
         queue_row = None
         if nudge:
             from .tasks import queue_row_in_transaction
 
             queue_row = queue_row_in_transaction(using)
+        position = None
+        if stream:
+            from .streams.store import next_position
+
+            position = next_position(using, stream, expected_version)
         record = _insert(
             using,
             text,
             queue_row,
+            stream=stream,
+            position=position,
             event_type=event.event_type,
             version=event.version,
             payload=payload,
@@ -128,6 +149,8 @@ _COLUMNS = (
     "causation",
     "depth",
     "created_at",
+    "stream",
+    "position",
 )
 # Per database vendor (and NOTIFY on or off): the INSERT statement, and the fields whose
 # values the backend must adapt (uuid and datetime on SQLite, say); the others go to the
@@ -195,6 +218,8 @@ def _insert(using: str, text: str, queue_row: tuple[str, str] | None, **values: 
         values["causation_id"],
         values["depth"],
         values["created_at"],
+        values["stream"],
+        values["position"],
     ]
     for index, field in adapt:
         params[index] = field.get_db_prep_save(params[index], connection)
@@ -235,11 +260,19 @@ async def aemit(
     *,
     using: str | None = None,
     correlation_id: uuid.UUID | str | None = None,
+    stream: str = "",
+    expected_version: int | None = None,
 ) -> OutboxEvent:
     """``emit()`` for ``async def`` code (async views and handlers)."""
     from asgiref.sync import sync_to_async
 
-    return await sync_to_async(emit)(event, using=using, correlation_id=correlation_id)
+    return await sync_to_async(emit)(
+        event,
+        using=using,
+        correlation_id=correlation_id,
+        stream=stream,
+        expected_version=expected_version,
+    )
 
 
 class _Nudge:

@@ -8,6 +8,7 @@ from django.test import override_settings
 
 from eventbus_app.checks import (
     check_django_q,
+    check_outbox_databases,
     check_settings,
     check_sqlite,
     notify_messages,
@@ -162,3 +163,43 @@ def test_readme_documents_every_setting_with_its_default() -> None:
             f"`{default!r}`".replace("'", '"') if not isinstance(default, bool) else f"`{default}`"
         )
         assert shown in row, f"README shows another default for {key}: {row}"
+
+
+def test_a_database_the_outbox_can_be_written_to_but_the_sweep_skips_warns() -> None:
+    # The test settings have "other", no router, and EVENTBUS['DATABASES'] = ("default",).
+    [warning] = check_outbox_databases()
+    assert warning.id == "eventbus_app.W021"
+    assert "['other']" in warning.msg and "never dispatched" in warning.msg
+    assert "EVENTBUS['DATABASES']" in warning.hint
+    with override_settings(EVENTBUS={"DATABASES": ["default", "other"]}):
+        assert check_outbox_databases() == []
+    with override_settings(DATABASE_ROUTERS=["tests.testapp.routers.OutboxOnDefault"]):
+        assert check_outbox_databases() == []
+
+
+@pytest.mark.parametrize(
+    ("timeout", "expected"),
+    [(26, []), (25, ["eventbus_app.W022"])],
+)
+def test_a_sweep_over_several_databases_must_fit_in_the_task_timeout(
+    timeout: int, expected: list[str]
+) -> None:
+    # 2 databases x 10 s of DISPATCH_SECONDS + a 5 s handler timeout + 1 s = 26 s.
+    with override_settings(
+        Q_CLUSTER={"orm": "default", "timeout": timeout, "retry": 120},
+        EVENTBUS={
+            "DATABASES": ["default", "other"],
+            "DISPATCH_SECONDS": 10,
+            "HANDLER_TIMEOUT": 5,
+        },
+    ):
+        messages = check_django_q()
+    assert ids(messages) == expected
+    if expected:
+        assert "2 databases" in messages[0].msg and "26 s" in messages[0].msg
+        assert "at least 26" in messages[0].hint
+    with override_settings(
+        Q_CLUSTER={"orm": "default", "timeout": 25, "retry": 120},
+        EVENTBUS={"DISPATCH_SECONDS": 10, "HANDLER_TIMEOUT": 5},
+    ):
+        assert check_django_q() == []  # one database: W017's rule, which 25 s meets

@@ -505,3 +505,37 @@ def test_the_migration_gives_existing_events_distinct_uuids() -> None:
         executor.migrate(leaf)
     made = list(OutboxEvent.objects.values_list("uuid", flat=True))
     assert len(made) == 3 and len(set(made)) == 3 and None not in made
+
+
+@pytest.mark.django_db(databases=["default", "other"])
+def test_a_handler_emitting_on_another_database_nudges_it(
+    register: Any, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
+) -> None:
+    """The dispatcher running the handler drains only its own database; nothing else would
+    look at the other one (the sweep serves EVENTBUS['DATABASES'] only)."""
+    from eventbus_app import Event, tasks
+
+    nudged: list[str] = []
+    monkeypatch.setattr(tasks, "nudge", lambda using="default": nudged.append(using))
+    monkeypatch.setattr(tasks, "nudge_in_background", lambda using="default": nudged.append(using))
+
+    class Elsewhere(Event, event_type="t.Elsewhere"):
+        using: str
+
+    @register(Elsewhere, name="t.emit_elsewhere")
+    def emit_elsewhere(event: Elsewhere) -> None:
+        emit(Work(key="chained"), using=event.using)
+
+    with transaction.atomic():
+        emit(Elsewhere(using="default"))
+        emit(Elsewhere(using="other"))
+    # The test's transactions never commit: run the callbacks "other" would run at commit.
+    with django_capture_on_commit_callbacks(using="other", execute=True):
+        drain()
+    assert nudged == ["other"]  # the event on "default" is drained by this dispatcher
+    chained = OutboxEvent.objects.using("other").get(event_type="testapp.Work")
+    parent = OutboxEvent.objects.get(event_type="t.Elsewhere", payload__using="other")
+    assert chained.correlation_id == parent.correlation_id and chained.depth == 1
+    assert chained.causation_id is None  # a foreign key cannot point into another database
+    here = OutboxEvent.objects.get(event_type="testapp.Work")
+    assert here.causation_id is not None  # same database: chained as before
