@@ -208,7 +208,7 @@ def sweep_messages(timeout: float, longest: tuple[float, str]) -> list[CheckMess
     ]
 
 
-@register(Tags.database)
+@register(Tags.compatibility)
 def check_outbox_databases(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     return outbox_database_messages(settings.DATABASES, eventbus_settings.DATABASES)
 

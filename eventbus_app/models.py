@@ -16,25 +16,25 @@ class RandomUUID(models.Func):
     leaves the column out (bulk loads, another service's INSERT). ``emit()`` passes its own."""
 
     output_field = models.UUIDField()
+    # SQLite has no uuid function. Django stores a UUID there as 32 hex digits: the version
+    # nibble is 4 and the variant nibble one of 8, 9, a, b.
+    _SQLITE = (
+        "lower(hex(randomblob(6)) || '4' || substr(hex(randomblob(2)), 2) || "
+        "substr('89ab', 1 + (random() & 3), 1) || substr(hex(randomblob(2)), 2) || "
+        "hex(randomblob(6)))"
+    )
 
-    def as_sql(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, list[Any]]:
-        raise NotSupportedError(
-            f"eventbus_app needs PostgreSQL or SQLite, not {connection.vendor!r}: RandomUUID "
-            "has no SQL for it."
-        )
-
-    def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, list[Any]]:
-        return "gen_random_uuid()", []  # built in since PostgreSQL 13
-
-    def as_sqlite(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, list[Any]]:
-        # SQLite has no uuid function. Django stores a UUID there as 32 hex digits: the
-        # version nibble is 4 and the variant nibble one of 8, 9, a, b.
-        return (
-            "lower(hex(randomblob(6)) || '4' || substr(hex(randomblob(2)), 2) || "
-            "substr('89ab', 1 + (random() & 3), 1) || substr(hex(randomblob(2)), 2) || "
-            "hex(randomblob(6)))",
-            [],
-        )
+    def as_sql(self, compiler: Any, connection: Any, *args: Any, **kwargs: Any) -> Any:
+        if connection.vendor == "postgresql":
+            kwargs["template"] = "gen_random_uuid()"  # built in since PostgreSQL 13
+        elif connection.vendor == "sqlite":
+            kwargs["template"] = self._SQLITE
+        else:
+            raise NotSupportedError(
+                f"eventbus_app needs PostgreSQL or SQLite, not {connection.vendor!r}: "
+                "RandomUUID has no SQL for it."
+            )
+        return super().as_sql(compiler, connection, *args, **kwargs)
 
 
 class OutboxEvent(models.Model):
@@ -73,6 +73,20 @@ class OutboxEvent(models.Model):
         _("chain depth"), default=0, help_text=_("0 for an event not emitted by a handler.")
     )
     created_at = models.DateTimeField(_("created at"), default=timezone.now, db_index=True)
+    stream = models.CharField(
+        _("stream"),
+        max_length=200,
+        blank=True,
+        default="",
+        db_default="",
+        help_text=_("The aggregate it belongs to (\"account-42\"); empty: no stream."),
+    )
+    position = models.PositiveIntegerField(
+        _("position"),
+        null=True,
+        blank=True,
+        help_text=_("1-based and gap-free within its stream."),
+    )
     dispatched_at = models.DateTimeField(
         _("fanned out at"),
         null=True,
@@ -84,6 +98,13 @@ class OutboxEvent(models.Model):
         verbose_name = _("event")
         verbose_name_plural = _("events")
         permissions = [("replay_event", "Can replay events")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["stream", "position"],
+                condition=~models.Q(stream=""),
+                name="eventbus_stream_position",
+            ),
+        ]
         indexes = [
             # The fan-out claim: undispatched events in id order. Partial, so it stays tiny.
             models.Index(
@@ -106,9 +127,12 @@ class Delivery(models.Model):
         SUCCEEDED = "succeeded", _("succeeded")
         FAILED = "failed", _("failed (will retry)")
         DEAD = "dead", _("dead")
+        DISCARDED = "discarded", _("discarded")
 
     # States the dispatcher may claim (RUNNING only once its lease has expired).
     CLAIMABLE: ClassVar[tuple[str, ...]] = (Status.PENDING, Status.FAILED, Status.RUNNING)
+    # States that no longer hold an ordered handler's later deliveries of the same stream.
+    SETTLED: ClassVar[tuple[str, ...]] = (Status.SUCCEEDED, Status.DISCARDED)
 
     id = models.BigAutoField(primary_key=True)
     event = models.ForeignKey(
@@ -138,6 +162,11 @@ class Delivery(models.Model):
     replays = models.PositiveIntegerField(
         _("replays"), default=0, help_text=_("How often it was replayed after finishing.")
     )
+    # Copied from the event at fan-out: ordered handlers' claims compare them without a join.
+    stream = models.CharField(
+        _("stream"), max_length=200, blank=True, default="", db_default="", editable=False
+    )
+    position = models.PositiveIntegerField(_("position"), null=True, blank=True, editable=False)
     started_at = models.DateTimeField(
         _("started at"),
         null=True,
@@ -183,6 +212,12 @@ class Delivery(models.Model):
             ),
             models.Index(fields=["handler", "status"], name="eventbus_handler_status_idx"),
             models.Index(fields=["status", "error_class"], name="eventbus_status_error_idx"),
+            # Ordered handlers: is an earlier delivery of this stream unfinished?
+            models.Index(
+                fields=["handler", "stream", "position"],
+                name="eventbus_delivery_stream_idx",
+                condition=~models.Q(stream=""),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -329,3 +364,37 @@ class RetryCampaign(models.Model):
     @property
     def active(self) -> bool:
         return self.state in (self.State.CANARY, self.State.RELEASING)
+
+
+class Snapshot(models.Model):
+    """An aggregate's state after ``version`` events of its stream (``streams.Aggregate``),
+    so that loading it folds only the events after. ``shape`` identifies the aggregate
+    class's fields and appliers: a changed class ignores its old snapshots."""
+
+    id = models.BigAutoField(primary_key=True)
+    aggregate = models.CharField(_("aggregate class"), max_length=255)
+    stream = models.CharField(_("stream"), max_length=200)
+    shape = models.CharField(_("class shape"), max_length=64)
+    version = models.PositiveIntegerField(_("version"))
+    state: models.JSONField[Any, Any] = models.JSONField(_("state"))
+    event_created_at = models.DateTimeField(
+        _("last event's time"), help_text=_("Time travel uses snapshots up to this moment.")
+    )
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("snapshot")
+        verbose_name_plural = _("snapshots")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["aggregate", "stream", "shape", "version"], name="eventbus_one_snapshot"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["aggregate", "stream", "shape", "-version"], name="eventbus_snapshot_idx"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.aggregate} {self.stream} @ {self.version}"
