@@ -1,21 +1,38 @@
 """Operator actions shared by the admin and the management commands.
 
 Retry, replay, pause and resume change our rows only (the dispatcher does the work in the
-background) and leave an ``OperatorAction`` audit record naming who did it.
+background) and leave an ``OperatorAction`` audit record naming who did it. Each acts on the
+database it is given, else on the router's write database for its model (the one the
+admin's querysets come from), and tells the workers through ``tasks`` once it commits.
+
+``tasks`` (what django-q2 runs) never imports this module: what both need (marking rows for
+retry, stepping a canary retry) lives one layer down, in ``campaigns``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterable
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, transaction
+from django.db import router, transaction
 from django.db.models import Count, Max, Min, QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from . import tasks
+from .campaigns import (
+    RETRYABLE,
+    active_campaigns,
+    db_for,
+    group_members,
+    ids_of,
+    mark_for_retry,
+    step_campaign,
+    token_of,
+)
 from .events import event_class
 from .models import (
     Delivery,
@@ -27,67 +44,42 @@ from .models import (
 )
 from .registry import handlers_for
 
+logger = logging.getLogger(__name__)
+
 Status = Delivery.Status
-RETRYABLE = (Status.DEAD, Status.FAILED)
 REPLAYABLE = (Status.SUCCEEDED, Status.DEAD, Status.FAILED)
 
 
-def _ids(items: Iterable[Any] | QuerySet[Any]) -> list[int]:
-    return [item if isinstance(item, int) else item.pk for item in items]
-
-
 def _nudge_after_commit(using: str) -> None:
-    from .tasks import nudge
-
-    transaction.on_commit(lambda: nudge(using), using=using, robust=True)
+    transaction.on_commit(lambda: tasks.nudge(using), using=using, robust=True)
 
 
 def retry_deliveries(
     deliveries: Iterable[Any] | QuerySet[Any],
     *,
     actor: str,
-    using: str = DEFAULT_DB_ALIAS,
+    using: str | None = None,
     detail: dict[str, Any] | None = None,
 ) -> int:
     """Send dead or failed deliveries back to pending, due now, with a fresh set of attempts.
 
     Returns how many were retried; others (pending, running, succeeded) are left alone.
     """
-    ids = _ids(deliveries)
+    using = db_for(Delivery, using)
     with transaction.atomic(using=using):
-        eligible = list(
-            Delivery.objects.using(using)
-            .select_for_update()
-            .filter(pk__in=ids, status__in=RETRYABLE)
-            .values_list("pk", "event_id", "handler")
-        )
-        if not eligible:
-            return 0
-        Delivery.objects.using(using).filter(pk__in=[pk for pk, _, _ in eligible]).update(
-            status=Status.PENDING,
-            attempts=0,
-            next_attempt_at=Now(),
-            finished_at=None,
-            lease_token=None,
-        )
-        OperatorAction.objects.using(using).bulk_create(
-            OperatorAction(
-                kind=OperatorAction.Kind.RETRY,
-                actor=actor,
-                delivery_id=pk,
-                event_id=event_id,
-                handler=handler,
-                detail=detail or {},
-            )
-            for pk, event_id, handler in eligible
-        )
-        _nudge_after_commit(using)
-    return len(eligible)
+        count = mark_for_retry(deliveries, actor=actor, using=using, detail=detail)
+        if count:
+            _nudge_after_commit(using)
+    return count
 
 
 def replay_handlers(event: OutboxEvent) -> list[str]:
     """Handlers an event can be replayed to: registered ones and those it was delivered to."""
-    names = set(event.deliveries.values_list("handler", flat=True))
+    names = set(
+        Delivery.objects.using(event._state.db or db_for(Delivery, None))
+        .filter(event=event)
+        .values_list("handler", flat=True)
+    )
     cls = event_class(event.event_type)
     if cls is not None:
         names.update(spec.name for spec in handlers_for(cls))
@@ -100,7 +92,7 @@ def replay_events(
     *,
     handlers: Iterable[str] | None = None,
     actor: str,
-    using: str = DEFAULT_DB_ALIAS,
+    using: str | None = None,
 ) -> int:
     """Run the events' handlers again (all, or ``handlers``); returns deliveries scheduled.
 
@@ -109,10 +101,11 @@ def replay_events(
     Handlers registered after the event get a new delivery. Deliveries still pending or
     running are left alone: they are going to run anyway.
     """
+    using = db_for(OutboxEvent, using)
     chosen = set(handlers) if handlers is not None else None
     scheduled = 0
     with transaction.atomic(using=using):
-        for event in OutboxEvent.objects.using(using).filter(pk__in=_ids(events)):
+        for event in OutboxEvent.objects.using(using).filter(pk__in=ids_of(events)):
             names = [n for n in replay_handlers(event) if chosen is None or n in chosen]
             existing = {
                 d.handler: d
@@ -176,8 +169,9 @@ def _archive(delivery: Delivery, using: str) -> None:
         )
 
 
-def set_paused(handler: str, paused: bool, *, actor: str, using: str = DEFAULT_DB_ALIAS) -> None:
+def set_paused(handler: str, paused: bool, *, actor: str, using: str | None = None) -> None:
     """Pause a handler (its deliveries wait, they do not fail) or resume it."""
+    using = db_for(HandlerState, using)
     with transaction.atomic(using=using):
         HandlerState.objects.using(using).update_or_create(
             handler=handler,
@@ -192,21 +186,21 @@ def set_paused(handler: str, paused: bool, *, actor: str, using: str = DEFAULT_D
             _nudge_after_commit(using)
 
 
-def pause_handler(handler: str, *, actor: str, using: str = DEFAULT_DB_ALIAS) -> None:
+def pause_handler(handler: str, *, actor: str, using: str | None = None) -> None:
     set_paused(handler, True, actor=actor, using=using)
 
 
-def resume_handler(handler: str, *, actor: str, using: str = DEFAULT_DB_ALIAS) -> None:
+def resume_handler(handler: str, *, actor: str, using: str | None = None) -> None:
     set_paused(handler, False, actor=actor, using=using)
 
 
 # --- failure groups and canary retries ----------------------------------------------------
 
 
-def failure_groups(using: str = DEFAULT_DB_ALIAS) -> list[dict[str, Any]]:
+def failure_groups(using: str | None = None) -> list[dict[str, Any]]:
     """Dead letters grouped by (handler, exception class), largest group first."""
     rows = (
-        Delivery.objects.using(using)
+        Delivery.objects.using(using or router.db_for_read(Delivery))
         .filter(status=Status.DEAD)
         .values("handler", "error_class")
         .annotate(count=Count("id"), oldest=Min("finished_at"), newest=Max("finished_at"))
@@ -215,15 +209,8 @@ def failure_groups(using: str = DEFAULT_DB_ALIAS) -> list[dict[str, Any]]:
     return [dict(row) for row in rows]
 
 
-def group_members(handler: str, error_class: str, using: str = DEFAULT_DB_ALIAS) -> QuerySet[Any]:
-    return Delivery.objects.using(using).filter(
-        status=Status.DEAD, handler=handler, error_class=error_class
-    )
-
-
-def retry_group(
-    handler: str, error_class: str, *, actor: str, using: str = DEFAULT_DB_ALIAS
-) -> int:
+def retry_group(handler: str, error_class: str, *, actor: str, using: str | None = None) -> int:
+    using = db_for(Delivery, using)
     ids = list(group_members(handler, error_class, using).values_list("pk", flat=True))
     return retry_deliveries(ids, actor=actor, using=using)
 
@@ -234,12 +221,13 @@ def start_canary(
     *,
     rate: float,
     actor: str,
-    using: str = DEFAULT_DB_ALIAS,
+    using: str | None = None,
 ) -> RetryCampaign:
     """Retry one dead letter of the group; the rest follow at ``rate`` per second once it
     succeeds, stopping at the first new failure. Advanced by ``advance_campaign``."""
     if not (math.isfinite(rate) and rate > 0):  # nan and inf would wedge the campaign
         raise ValueError(f"rate must be a number > 0 per second, got {rate!r}")
+    using = db_for(RetryCampaign, using)
     with transaction.atomic(using=using):
         running = active_campaigns(using).filter(handler=handler, error_class=error_class).first()
         if running is not None:
@@ -262,17 +250,19 @@ def start_canary(
         retry_deliveries([first.pk], actor=actor, using=using, detail={"campaign": campaign.pk})
         campaign.released = 1
         campaign.last_release_at = timezone.now()
-        campaign.save(using=using, update_fields=["released", "last_release_at"])
-    from .tasks import run_campaign_soon
-
-    transaction.on_commit(lambda: run_campaign_soon(campaign.pk, using), using=using, robust=True)
+        campaign.save(using=using, update_fields=["released", "last_release_at", "updated_at"])
+    token = token_of(campaign)  # the chain this task starts is the campaign's driver
+    transaction.on_commit(
+        lambda: tasks.run_campaign_soon(campaign.pk, using, token), using=using, robust=True
+    )
     return campaign
 
 
-def cancel_campaign(campaign_id: int, *, actor: str, using: str = DEFAULT_DB_ALIAS) -> bool:
+def cancel_campaign(campaign_id: int, *, actor: str, using: str | None = None) -> bool:
     """Stop a running canary retry: nothing more is released (what was released runs on).
 
     Returns False when it had already finished, stopped or been cancelled."""
+    using = db_for(RetryCampaign, using)
     with transaction.atomic(using=using):
         campaign = (
             RetryCampaign.objects.using(using).select_for_update().filter(pk=campaign_id).first()
@@ -285,60 +275,19 @@ def cancel_campaign(campaign_id: int, *, actor: str, using: str = DEFAULT_DB_ALI
     return True
 
 
-def _campaign_deliveries(campaign: RetryCampaign, using: str) -> QuerySet[Any]:
-    return Delivery.objects.using(using).filter(
-        operator_actions__kind=OperatorAction.Kind.RETRY,
-        operator_actions__detail__campaign=campaign.pk,
-    )
+def advance_campaign(campaign_id: int, using: str | None = None) -> RetryCampaign:
+    """One step of a canary retry (stop on a new failure, release more when due); what it
+    releases is dispatched after commit."""
+    using = db_for(RetryCampaign, using)
+    step = step_campaign(campaign_id, using)
+    if step.released:
+        _nudge_after_commit(using)
+    return step.campaign
 
 
-def advance_campaign(campaign_id: int, using: str = DEFAULT_DB_ALIAS) -> RetryCampaign:
-    """One step of a canary retry: stop on a new failure, release more when due."""
-    Camp = RetryCampaign.State
-    with transaction.atomic(using=using):
-        campaign = RetryCampaign.objects.using(using).select_for_update().get(pk=campaign_id)
-        if campaign.state not in (Camp.CANARY, Camp.RELEASING):
-            return campaign
-        released = _campaign_deliveries(campaign, using)
-        failed = released.filter(status__in=RETRYABLE).order_by("pk").first()
-        if failed is not None:
-            campaign.state = Camp.STOPPED
-            campaign.stopped_reason = (
-                f"Delivery #{failed.pk} failed again: {failed.error_summary or failed.status}"
-            )
-        elif (
-            campaign.state == Camp.CANARY
-            and campaign.canary is not None
-            and campaign.canary.status == Status.SUCCEEDED
-        ):
-            campaign.state = Camp.RELEASING
-        if campaign.state == Camp.RELEASING:
-            remaining = group_members(campaign.handler, campaign.error_class, using)
-            if not remaining.exists():
-                if not released.exclude(status=Status.SUCCEEDED).exists():
-                    campaign.state = Camp.DONE
-            else:
-                since = (
-                    timezone.now() - (campaign.last_release_at or timezone.now())
-                ).total_seconds()
-                quota = int(since * campaign.rate)
-                if quota >= 1:
-                    ids = list(
-                        remaining.order_by("finished_at", "pk").values_list("pk", flat=True)[:quota]
-                    )
-                    campaign.released += retry_deliveries(
-                        ids,
-                        actor=campaign.created_by,
-                        using=using,
-                        detail={"campaign": campaign.pk},
-                    )
-                    campaign.last_release_at = timezone.now()
-        campaign.save(using=using)
-    return campaign
-
-
-def run_campaign(campaign_id: int, using: str = DEFAULT_DB_ALIAS, seconds: float = 10.0) -> bool:
-    """Advance a campaign for up to ``seconds``; returns True while it is still running."""
+def run_campaign(campaign_id: int, using: str | None = None, seconds: float = 10.0) -> bool:
+    """Advance a campaign for up to ``seconds`` in this process (the command line and tests;
+    workers use ``tasks.campaign``); returns True while it is still running."""
     deadline = time.monotonic() + seconds
     while True:
         campaign = advance_campaign(campaign_id, using)
@@ -349,17 +298,13 @@ def run_campaign(campaign_id: int, using: str = DEFAULT_DB_ALIAS, seconds: float
         time.sleep(min(0.5, max(0.05, 1 / campaign.rate)))
 
 
-def active_campaigns(using: str = DEFAULT_DB_ALIAS) -> QuerySet[RetryCampaign]:
-    return RetryCampaign.objects.using(using).filter(
-        state__in=[RetryCampaign.State.CANARY, RetryCampaign.State.RELEASING]
-    )
-
-
 __all__ = [
+    "RETRYABLE",
     "active_campaigns",
     "advance_campaign",
     "cancel_campaign",
     "failure_groups",
+    "group_members",
     "pause_handler",
     "replay_events",
     "resume_handler",

@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+from datetime import timedelta
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError
@@ -79,8 +80,10 @@ _in_flight = 0
 _pending_lock = threading.Condition()
 _wake = threading.Event()
 _nudger: tuple[int, threading.Thread] | None = None
-# How long an exiting process waits for the nudger thread to send what is pending.
-EXIT_FLUSH_SECONDS = 2.0
+# How long an exiting process waits for the nudger thread to send what is pending: a broker
+# that answers takes milliseconds, and one that does not is not worth seconds of every
+# script's exit (the sweep finds the events).
+EXIT_FLUSH_SECONDS = 1.5
 # The nudger thread's pause after each send (see _send_pending).
 NUDGE_COALESCE_SECONDS = 0.005
 
@@ -146,12 +149,37 @@ os.register_at_fork(after_in_child=_reset_in_child)
 
 @atexit.register
 def _flush_at_exit() -> None:
-    """Wait (briefly) until the nudger thread has sent every pending nudge."""
+    """Wait (briefly) until the nudger thread has sent every pending nudge.
+
+    A broker that is down costs a push seconds (redis-py retries a refused connection), so
+    the wait is bounded; what is not sent by then is logged (the thread would be killed
+    before it could say so) and left to the sweep. A broker already known to be down is not
+    waited for at all."""
     if _nudger is None or _nudger[0] != os.getpid() or not _nudger[1].is_alive():
         return
+    with _pending_lock:
+        if not _pending and not _in_flight:
+            return
+        if time.monotonic() < _nudges_paused_until:
+            unsent = sorted(_pending)
+            _pending.clear()
+            logger.warning(
+                "Exiting without nudging the eventbus dispatcher for %s: the broker was down "
+                "a moment ago. The outbox keeps the events; the sweep schedule will "
+                "dispatch them.",
+                ", ".join(map(repr, unsent)),
+            )
+            return
     _wake.set()
     with _pending_lock:
-        _pending_lock.wait_for(lambda: not _pending and not _in_flight, EXIT_FLUSH_SECONDS)
+        sent = _pending_lock.wait_for(lambda: not _pending and not _in_flight, EXIT_FLUSH_SECONDS)
+        if not sent:
+            logger.warning(
+                "Exiting before the broker took the eventbus nudge (no answer in %.1f s; is "
+                "it down?). The outbox keeps the events; the sweep schedule will dispatch "
+                "them.",
+                EXIT_FLUSH_SECONDS,
+            )
 
 
 class _Capture:
@@ -197,6 +225,10 @@ def dispatch(using: str = DEFAULT_DB_ALIAS, helper: bool = False) -> dict[str, A
     tasks for the cluster's other workers; helpers work until idle or their time is up and
     then end: they recruit nobody and hand over to nobody, so their number stays bounded
     (the task that recruited them hands over as usual)."""
+    return _dispatch(using, eventbus_settings.DISPATCH_SECONDS, helper=helper, listen=True)
+
+
+def _dispatch(using: str, seconds: float, *, helper: bool, listen: bool) -> dict[str, Any]:
     from django_q.conf import Conf
 
     from . import dispatch as dispatcher
@@ -211,7 +243,7 @@ def dispatch(using: str = DEFAULT_DB_ALIAS, helper: bool = False) -> dict[str, A
         for _ in range(min(MAX_HELPERS, max(int(Conf.WORKERS or 1) - 1, 0))):
             _enqueue(using, helper=True)
 
-    deadline = time.monotonic() + eventbus_settings.DISPATCH_SECONDS
+    deadline = time.monotonic() + seconds
     counts = dispatcher.Counts()
 
     def work() -> bool:
@@ -226,7 +258,7 @@ def dispatch(using: str = DEFAULT_DB_ALIAS, helper: bool = False) -> dict[str, A
         return not step.more
 
     try:
-        if work() and not helper:
+        if work() and listen and not helper:
             # EVENTBUS['NOTIFY']: idle, this task may stay as the database's listener.
             wakeup.listen(using, deadline - time.monotonic(), work)
     except Exception:  # never let django-q2 see a failure: it would re-deliver the task
@@ -292,51 +324,119 @@ def _wake_up(using: str) -> None:
         connections.close_all()  # this thread's own connections, if the nudge opened any
 
 
+# Part of django-q2's task timeout the sweep leaves unplanned: the round in progress at its
+# deadline, the campaign checks and the task's own bookkeeping.
+SWEEP_RESERVE = 0.2
+
+
+def sweep_budget() -> float:
+    """Seconds one sweep may spend dispatching, all databases together: what fits in
+    django-q2's ``timeout`` (``Q_CLUSTER['timeout']``, read through its ``Conf.TIMEOUT``),
+    and never more than ``DISPATCH_SECONDS`` per database."""
+    from django_q.conf import Conf
+
+    wanted = eventbus_settings.DISPATCH_SECONDS * max(len(eventbus_settings.DATABASES), 1)
+    timeout = Conf.TIMEOUT
+    if not timeout:
+        return float(wanted)
+    return max(min(float(wanted), float(timeout) * (1 - SWEEP_RESERVE) - 1.0), 0.0)
+
+
 def sweep() -> dict[str, Any]:
     """Scheduled task: dispatch on every configured database (lost nudges, dead workers),
-    and advance canary retries whose task was lost."""
-    from .operations import active_campaigns
+    and restart canary retries whose driving task was lost.
 
+    The whole sweep fits in django-q2's timeout (``sweep_budget``): each database gets an
+    equal share of what is left when its turn comes, a database with work left over gets a
+    dispatch task of its own (a nudge), the sweep never stays as a NOTIFY listener, and it
+    drives no canary retry itself (one task chain per campaign does that)."""
+    started = time.monotonic()
+    budget = sweep_budget()
+    aliases = list(eventbus_settings.DATABASES)
     results: dict[str, Any] = {}
-    for using in eventbus_settings.DATABASES:
-        results[using] = dispatch(using)
+    for i, using in enumerate(aliases):
+        left = budget - (time.monotonic() - started)
+        share = max(left / (len(aliases) - i), 0.0)
+        results[using] = _dispatch(using, share, helper=False, listen=False)
         try:
-            for campaign_id in active_campaigns(using).values_list("pk", flat=True):
-                campaign(campaign_id, using)
+            restart_lost_campaigns(using)
         except DatabaseError:
-            logger.exception("Could not advance canary retries on %r", using)
+            logger.exception("Could not check the canary retries on %r", using)
     return results
 
 
 CAMPAIGN = "eventbus_app.tasks.campaign"
+# A campaign whose row has not changed for this long has lost its driving task (a task
+# steps it at least every half second): the sweep starts a new chain.
+CAMPAIGN_LOST_SECONDS = 60.0
 
 
-def run_campaign_soon(campaign_id: int, using: str = DEFAULT_DB_ALIAS) -> None:
-    """Enqueue the task that drives a canary retry (never raises; the sweep also drives it)."""
+def restart_lost_campaigns(using: str) -> int:
+    """Start a new driver for each active campaign no task has stepped for a while. The new
+    token ends the old chain, should its task turn up after all. Returns how many."""
+    from django.utils import timezone
+
+    from . import campaigns
+
+    lost_for = max(CAMPAIGN_LOST_SECONDS, 2.0 * eventbus_settings.DISPATCH_SECONDS)
+    stale = campaigns.active_campaigns(using).filter(
+        updated_at__lt=timezone.now() - timedelta(seconds=lost_for)
+    )
+    restarted = 0
+    for campaign_id in stale.values_list("pk", flat=True):
+        token = campaigns.touch(campaign_id, using)
+        if token is not None:
+            logger.info("Canary retry #%s had no driving task; starting one", campaign_id)
+            run_campaign_soon(campaign_id, using, token)
+            restarted += 1
+    return restarted
+
+
+def run_campaign_soon(
+    campaign_id: int, using: str = DEFAULT_DB_ALIAS, token: str | None = None
+) -> None:
+    """Enqueue the task that drives a canary retry (never raises; the sweep restarts a
+    campaign whose task is lost)."""
     from django_q.tasks import async_task
 
     try:
-        async_task(CAMPAIGN, campaign_id, using, save=False, broker=_get_broker())
+        async_task(CAMPAIGN, campaign_id, using, token, save=False, broker=_get_broker())
     except Exception:
         logger.warning(
-            "Could not enqueue canary retry #%s; the sweep will advance it",
+            "Could not enqueue canary retry #%s; the sweep will restart it",
             campaign_id,
             exc_info=True,
         )
 
 
-def campaign(campaign_id: int, using: str = DEFAULT_DB_ALIAS) -> bool:
-    """django-q2 task: advance a canary retry for a while, then hand over to a new task."""
-    from .operations import run_campaign
+def campaign(campaign_id: int, using: str = DEFAULT_DB_ALIAS, token: str | None = None) -> bool:
+    """django-q2 task: advance a canary retry for up to ``DISPATCH_SECONDS``, then hand over
+    to a successor carrying the campaign's token. A task whose token is stale (another
+    chain drives the campaign) ends at once, without a successor. Returns True while the
+    campaign runs and this task handed it over."""
+    from . import campaigns
 
+    deadline = time.monotonic() + eventbus_settings.DISPATCH_SECONDS
     try:
-        running = run_campaign(campaign_id, using, seconds=eventbus_settings.DISPATCH_SECONDS)
+        while True:
+            step = campaigns.step_campaign(campaign_id, using, token=token)
+            if step.stale:
+                return False
+            token = campaigns.token_of(step.campaign)
+            if step.released:
+                nudge(using)
+            if not step.campaign.active:
+                return False
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(min(0.5, max(0.05, 1 / step.campaign.rate)))
     except Exception:
-        logger.exception("Canary retry #%s failed to advance; the sweep will retry", campaign_id)
+        logger.exception(
+            "Canary retry #%s failed to advance; the sweep will restart it", campaign_id
+        )
         return False
-    if running:
-        run_campaign_soon(campaign_id, using)
-    return running
+    run_campaign_soon(campaign_id, using, token)
+    return True
 
 
 def ensure_schedule(using: str = DEFAULT_DB_ALIAS) -> None:

@@ -127,7 +127,7 @@ def test_retry_action_sends_dead_letters_back_and_records_who(admin_client: Clie
         {"action": "retry", "_selected_action": [dead.pk]},
         follow=True,
     )
-    assert "1 deliveries sent back to pending" in response.content.decode()
+    assert "1 delivery sent back to pending" in response.content.decode()
     dead.refresh_from_db()
     assert (dead.status, dead.attempts) == (Status.PENDING, 0)
     action = OperatorAction.objects.get(kind="retry")

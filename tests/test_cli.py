@@ -83,7 +83,7 @@ def test_cli_actor_names_the_os_user() -> None:
 def test_retry_by_id_sends_a_dead_letter_back_and_records_the_actor() -> None:
     first, second = dead_letters(2)
     out, _ = run("eventbus_retry", "--id", str(first.pk))
-    assert "Retried 1 deliveries" in out
+    assert "Retried 1 delivery" in out
     first.refresh_from_db()
     second.refresh_from_db()
     assert (first.status, first.attempts) == (Status.PENDING, 0)
@@ -112,17 +112,17 @@ def test_retry_filters_by_handler_event_type_and_exception() -> None:
         event=OutboxEventFactory(event_type="shop.OrderPlaced"),
     )
     out, _ = run("eventbus_retry", "--exception", "KeyError", "--dry-run")
-    assert "1 deliveries would be retried" in out and f"#{key_error.pk} " in out
+    assert "1 delivery would be retried" in out and f"#{key_error.pk} " in out
     out, _ = run("eventbus_retry", "--exception", "builtins.KeyError", "--dry-run")
-    assert "1 deliveries would be retried" in out
+    assert "1 delivery would be retried" in out
     out, _ = run("eventbus_retry", "--event-type", "testapp.Work", "--dry-run")
-    assert "1 deliveries would be retried" in out and f"#{key_error.pk} " not in out
+    assert "1 delivery would be retried" in out and f"#{key_error.pk} " not in out
     out, _ = run(
         "eventbus_retry", "--handler", "testapp.record", "--exception", "KeyError", "--dry-run"
     )
     assert "0 deliveries would be retried" in out
     out, _ = run("eventbus_retry", "--handler", "testapp.record_async")
-    assert "Retried 1 deliveries" in out
+    assert "Retried 1 delivery" in out
     key_error.refresh_from_db()
     assert key_error.status == Status.PENDING
 
@@ -150,7 +150,7 @@ def test_retry_leaves_other_states_alone_unless_asked() -> None:
         "Skipped delivery #999999: no such delivery" in run("eventbus_retry", "--id", "999999")[1]
     )
     out, _ = run("eventbus_retry", "--id", str(failed.pk), "--include-failed")
-    assert "Retried 1 deliveries" in out
+    assert "Retried 1 delivery" in out
     failed.refresh_from_db()
     done.refresh_from_db()
     assert (failed.status, failed.attempts) == (Status.PENDING, 0)
@@ -228,7 +228,7 @@ def test_replay_by_event_id_to_one_handler_keeps_history() -> None:
     record = emit(Work(key="r"))
     drain()
     out, _ = run("eventbus_replay", "--event-id", str(record.pk), "--handler", "testapp.record")
-    assert "Replay scheduled: 1 deliveries of 1 events" in out
+    assert "Replay scheduled: 1 delivery of 1 event" in out
     replayed = record.deliveries.get(handler="testapp.record")
     untouched = record.deliveries.get(handler="testapp.record_async")
     assert (replayed.status, replayed.replays) == (Status.PENDING, 1)
@@ -256,11 +256,11 @@ def test_replay_dry_run_by_type_and_dates() -> None:
     out, _ = run("eventbus_replay", "--event-type", "testapp.Work", "--since", since, "--dry-run")
     assert f"#{new.pk} " in out and f"#{old.pk} " not in out and f"#{other.pk} " not in out
     assert "to testapp.record, testapp.record_async" in out
-    assert "2 deliveries of 1 events would be replayed (dry run: nothing changed)" in out
+    assert "2 deliveries of 1 event would be replayed (dry run: nothing changed)" in out
     until = (now - timedelta(days=2)).isoformat()
     out, _ = run("eventbus_replay", "--until", until, "--handler", "testapp.record", "--dry-run")
     assert f"#{old.pk} " in out and f"#{new.pk} " not in out
-    assert "1 deliveries of 1 events would be replayed" in out
+    assert "1 delivery of 1 event would be replayed" in out
     assert not Delivery.objects.exists() and not OperatorAction.objects.exists()
 
 
@@ -273,7 +273,7 @@ def test_replay_creates_deliveries_for_handlers_registered_later(register: Any) 
         pass
 
     out, _ = run("eventbus_replay", "--event-id", str(record.pk), "--handler", "t.late_handler")
-    assert "Replay scheduled: 1 deliveries" in out
+    assert "Replay scheduled: 1 delivery" in out
     drain()
     assert record.deliveries.get(handler="t.late_handler").status == Status.SUCCEEDED
 

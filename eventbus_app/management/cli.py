@@ -21,6 +21,11 @@ _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
+def plural(count: int, singular: str, plural_form: str) -> str:
+    """``1 delivery``, ``2 deliveries``."""
+    return f"{count} {singular if count == 1 else plural_form}"
+
+
 def cli_actor() -> str:
     """``cli:<os user>``: who ran the command, for the operator audit."""
     try:

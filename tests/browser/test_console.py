@@ -82,7 +82,7 @@ def test_retry_a_dead_letter_and_watch_it_succeed(
         page.check(f"#result_list input[name=_selected_action][value='{dead.pk}']")
         page.select_option("select[name=action]", "retry")
         page.click("button[name=index]")
-        assert "1 deliveries sent back to pending" in page.inner_text(".messagelist")
+        assert "1 delivery sent back to pending" in page.inner_text(".messagelist")
         page.goto(f"/admin/eventbus_app/delivery/{dead.pk}/change/")
         _wait_for_text(page, ".field-status", "Succeeded")
         page.goto("/admin/eventbus_app/deadletter/")
@@ -109,7 +109,7 @@ def test_replay_an_event_to_one_chosen_handler(
             if boxes.nth(i).get_attribute("value") != "accounts.record_signup":
                 boxes.nth(i).uncheck()
         page.click("input[value='Yes, replay']")
-        assert "Replay scheduled: 1 deliveries of 1 events" in page.inner_text(".messagelist")
+        assert "Replay scheduled: 1 delivery of 1 event" in page.inner_text(".messagelist")
         result = manage("eventbus_drain")
         assert result.returncode == 0, result.stderr
         page.reload()

@@ -9,7 +9,14 @@ from django.db.models import QuerySet
 
 from eventbus_app import operations
 from eventbus_app.events import event_class
-from eventbus_app.management.cli import Progress, add_run_arguments, chunks, cli_actor, parse_moment
+from eventbus_app.management.cli import (
+    Progress,
+    add_run_arguments,
+    chunks,
+    cli_actor,
+    parse_moment,
+    plural,
+)
 from eventbus_app.management.commands.eventbus_retry import check_handlers
 from eventbus_app.models import Delivery, OutboxEvent
 
@@ -113,7 +120,8 @@ class Command(BaseCommand):
                         f"({event.created_at:%Y-%m-%d %H:%M:%S}) to {', '.join(names)}"
                     )
             self.stdout.write(
-                f"{total} deliveries of {len(events)} events would be replayed "
+                f"{plural(total, 'delivery', 'deliveries')} of "
+                f"{plural(len(events), 'event', 'events')} would be replayed "
                 "(dry run: nothing changed)."
             )
             return
@@ -129,6 +137,7 @@ class Command(BaseCommand):
                 )
                 bar.advance(len(batch))
         self.stdout.write(
-            f"Replay scheduled: {scheduled} deliveries of {len(events)} events will run again "
-            "in the background (a worker: qcluster or eventbus_drain)."
+            f"Replay scheduled: {plural(scheduled, 'delivery', 'deliveries')} of "
+            f"{plural(len(events), 'event', 'events')} will run again in the background (a "
+            "worker: qcluster or eventbus_drain)."
         )

@@ -10,7 +10,14 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from eventbus_app import operations
-from eventbus_app.management.cli import Progress, add_run_arguments, chunks, cli_actor, parse_age
+from eventbus_app.management.cli import (
+    Progress,
+    add_run_arguments,
+    chunks,
+    cli_actor,
+    parse_age,
+    plural,
+)
 from eventbus_app.models import Delivery
 from eventbus_app.registry import all_handlers
 
@@ -152,7 +159,8 @@ class Command(BaseCommand):
                     f"#{d.event_id} ({d.status}, {d.attempts} attempts): {d.error_summary}"
                 )
             self.stdout.write(
-                f"{len(deliveries)} deliveries would be retried (dry run: nothing changed)."
+                f"{plural(len(deliveries), 'delivery', 'deliveries')} would be retried (dry "
+                "run: nothing changed)."
             )
             return
         actor = cli_actor()
@@ -170,8 +178,8 @@ class Command(BaseCommand):
                 )
                 bar.advance(len(batch))
         self.stdout.write(
-            f"Retried {retried} deliveries: back to pending, due now; a worker (qcluster or "
-            "eventbus_drain) runs them."
+            f"Retried {plural(retried, 'delivery', 'deliveries')}: back to pending, due now; a "
+            f"worker (qcluster or eventbus_drain) runs {'it' if retried == 1 else 'them'}."
             + (
                 f" {len(deliveries) - retried} changed state meanwhile and were left alone."
                 if retried < len(deliveries)

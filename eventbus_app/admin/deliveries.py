@@ -1,0 +1,179 @@
+"""Deliveries: the list, the read-only delivery page (traceback, attempt history) and
+retry (the action, and the page's *Retry this delivery* button)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.timesince import timesince
+from django.views.decorators.http import require_POST
+
+from .. import operations
+from ..models import Delivery, OperatorAction
+from .common import (
+    RETRY_PERM,
+    AuditRecordAdmin,
+    EventTypeFilter,
+    ExceptionFilter,
+    HandlerFilter,
+    actor,
+    plural,
+    write_db,
+)
+from .queries import SEARCH_WINDOW, search_deliveries, timeline
+
+logger = logging.getLogger(__name__)
+
+
+def short_age(obj: Delivery) -> str:
+    """ "3 hours", not "3 hours, 2 minutes": the list must fit a laptop screen."""
+    return timesince(obj.created_at, depth=1) if obj.created_at else ""
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(AuditRecordAdmin):
+    list_display = [
+        "id",
+        "handler",
+        "event_link",  # "type #id", linked
+        "status",
+        "attempts",
+        "error",
+        "age",
+        "next_attempt_at",
+    ]
+    list_filter = ["status", HandlerFilter, EventTypeFilter, ExceptionFilter]
+    search_fields = ["handler"]  # enables the box; get_search_results does the work
+    search_help_text = (
+        "Delivery or event id, handler or exception class; or error text (the newest "
+        f"{SEARCH_WINDOW:,} deliveries of the list)."
+    )
+    list_select_related = ["event"]
+    ordering = ["-id"]
+    actions = ["retry"]
+    list_per_page = 50
+    change_form_template = "admin/eventbus_app/delivery/change_form.html"
+    change_list_template = "admin/eventbus_app/delivery/change_list.html"
+    fields = (
+        "event_link",
+        "event_type",
+        "handler",
+        "status",
+        "attempts",
+        "replays",
+        "next_attempt_at",
+        "created_at",
+        "finished_at",
+        "error_class",
+        "last_error",
+    )
+    readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        # The list shows an error's first line: never load tracebacks for 50 rows.
+        return super().get_queryset(request).defer("traceback", "event__payload")
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
+    ) -> tuple[QuerySet[Any], bool]:
+        return search_deliveries(queryset, search_term), False
+
+    @admin.display(description="event", ordering="event_id")
+    def event_link(self, obj: Delivery) -> str:
+        url = reverse("admin:eventbus_app_outboxevent_change", args=[obj.event_id])
+        return format_html('<a href="{}">{} #{}</a>', url, obj.event.event_type, obj.event_id)
+
+    @admin.display(description="event type", ordering="event__event_type")
+    def event_type(self, obj: Delivery) -> str:
+        return obj.event.event_type
+
+    @admin.display(description="error")
+    def error(self, obj: Delivery) -> str:
+        summary = obj.error_summary
+        return summary if len(summary) <= 100 else summary[:99] + "…"
+
+    @admin.display(description="age", ordering="created_at")
+    def age(self, obj: Delivery) -> str:
+        return short_age(obj)
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(RETRY_PERM)
+
+    @admin.action(permissions=["retry"], description="Retry selected deliveries")
+    def retry(self, request: HttpRequest, queryset: QuerySet[Delivery]) -> None:
+        selected = queryset.count()
+        count = operations.retry_deliveries(
+            queryset, actor=actor(request), using=write_db(Delivery)
+        )
+        skipped = selected - count
+        self.message_user(
+            request,
+            f"{plural(count, 'delivery', 'deliveries')} sent back to pending; "
+            f"{'it runs' if count == 1 else 'they run'} in the background."
+            + (f" {skipped:,} skipped (not dead or failed)." if skipped else ""),
+            messages.SUCCESS if count else messages.WARNING,
+        )
+
+    def get_urls(self) -> list[URLPattern]:
+        info = self.opts.app_label, self.opts.model_name
+        own = [
+            path(
+                "<int:pk>/retry/",
+                self.admin_site.admin_view(require_POST(self.retry_one_view)),
+                name=f"{info[0]}_{info[1]}_retry",
+            )
+        ]
+        return own + super().get_urls()
+
+    def retry_one_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        if not self.has_retry_permission(request):
+            raise PermissionDenied
+        count = operations.retry_deliveries([pk], actor=actor(request), using=write_db(Delivery))
+        self.message_user(
+            request,
+            f"Delivery #{pk} sent back to pending; it runs in the background."
+            if count
+            else f"Delivery #{pk} is not dead or failed; nothing to retry.",
+            messages.SUCCESS if count else messages.WARNING,
+        )
+        # Back to the page the button was on (the event page has one per delivery).
+        back = request.POST.get("next", "")
+        if not url_has_allowed_host_and_scheme(
+            back, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+        ):
+            back = reverse("admin:eventbus_app_delivery_change", args=[pk])
+        return HttpResponseRedirect(back)
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        delivery = (
+            Delivery.objects.using(self.get_queryset(request).db).filter(pk=object_id).first()
+            if object_id.isdigit()
+            else None
+        )
+        if delivery is not None:
+            extra_context = {
+                **(extra_context or {}),
+                "delivery": delivery,
+                "history": timeline(
+                    delivery.history.all(),
+                    delivery.operator_actions.filter(kind=OperatorAction.Kind.RETRY),
+                ),
+                "operator_actions": delivery.operator_actions.all()[:50],
+                "can_retry": self.has_retry_permission(request)
+                and delivery.status in operations.RETRYABLE,
+            }
+        return super().change_view(request, object_id, form_url, extra_context)

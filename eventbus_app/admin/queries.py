@@ -1,0 +1,349 @@
+"""The console's queries, apart from its views. Each is shaped for a table with millions of
+rows (see docs/BENCHMARKS.md, "Console pages"): nothing counts, groups or searches the whole
+deliveries table; exact figures where an operator acts on them (dead, failed, pending),
+estimates where only the size matters (succeeded)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from django.db import connections, router
+from django.db.models import Count, Min, Q, QuerySet
+from django.db.models.expressions import RawSQL
+from django.db.models.functions import TruncHour
+from django.utils import timezone
+from django.utils.timesince import timesince
+
+from ..conf import eventbus_settings
+from ..models import (
+    Delivery,
+    DeliveryAttempt,
+    HandlerState,
+    OperatorAction,
+    OutboxEvent,
+    RetryCampaign,
+)
+from ..redaction import redact
+from ..registry import all_handlers
+
+logger = logging.getLogger(__name__)
+
+Status = Delivery.Status
+TREE_LIMIT = 200
+DISTINCT_LIMIT = 200
+# Counted exactly up to here; beyond it the planner's estimate is shown ("about …").
+EXACT_COUNT = 10_000
+# Free-text search (payload, error text) reads the newest this many rows of the list being
+# searched; ids, correlation ids, types, handlers and exception classes are found anywhere.
+SEARCH_WINDOW = 20_000
+SEARCH_SCAN = 1000  # SQLite only: candidates checked against their redacted text in Python
+
+
+def _pg(using: str) -> bool:
+    return connections[using].vendor == "postgresql"
+
+
+def distinct_values(model: type[Any], field: str, using: str) -> list[str]:
+    """The distinct non-empty values of an indexed column, sorted. On PostgreSQL a skip
+    scan (one index probe per value) instead of reading every row."""
+    column = model._meta.get_field(field).column
+    if not _pg(using):
+        values = (
+            model._base_manager.using(using)
+            .order_by(field)
+            .values_list(field, flat=True)
+            .distinct()[: DISTINCT_LIMIT + 1]
+        )
+        return [v for v in values if v][:DISTINCT_LIMIT]
+    qn = connections[using].ops.quote_name
+    table, col = qn(model._meta.db_table), qn(column)
+    sql = (
+        f"WITH RECURSIVE t(v) AS ("
+        f"(SELECT {col} FROM {table} WHERE {col} > '' ORDER BY {col} LIMIT 1) "
+        f"UNION ALL SELECT (SELECT {col} FROM {table} WHERE {col} > t.v ORDER BY {col} LIMIT 1) "
+        f"FROM t WHERE t.v IS NOT NULL) "
+        f"SELECT v FROM t WHERE v IS NOT NULL LIMIT %s"
+    )
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, [DISTINCT_LIMIT])
+        return [row[0] for row in cursor.fetchall()]
+
+
+def count_or_estimate(queryset: QuerySet[Any], exact_up_to: int = EXACT_COUNT) -> tuple[int, bool]:
+    """``(count, exact)``: exact up to ``exact_up_to`` (reading at most that many rows + 1),
+    else PostgreSQL's planner estimate (SQLite counts)."""
+    using = queryset.db
+    rows = queryset.order_by().values("pk")
+    if not _pg(using):
+        return rows.count(), True
+    capped = rows[: exact_up_to + 1].count()
+    if capped <= exact_up_to:
+        return capped, True
+    sql, params = rows.query.sql_with_params()
+    with connections[using].cursor() as cursor:
+        cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params)
+        plan = cursor.fetchone()[0]
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    return max(int(plan[0]["Plan"]["Plan Rows"]), capped), False
+
+
+def delivery_counts(event_ids: Iterable[int], using: str) -> dict[int, dict[str, int]]:
+    """Per event, its deliveries by state: one grouped query for a page of events."""
+    counts: dict[int, dict[str, int]] = {}
+    rows = (
+        Delivery.objects.using(using)
+        .filter(event_id__in=list(event_ids))
+        .order_by()
+        .values_list("event_id", "status")
+        .annotate(n=Count("id"))
+    )
+    for event_id, status, n in rows:
+        counts.setdefault(event_id, {})[status] = n
+    return counts
+
+
+# --- search ------------------------------------------------------------------------------
+
+
+def _like(term: str) -> str:
+    escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _newest(queryset: QuerySet[Any], window: int = SEARCH_WINDOW) -> QuerySet[Any]:
+    """The newest ``window`` rows of ``queryset`` (by id: one index probe for the floor)."""
+    floor = queryset.order_by("-pk").values_list("pk", flat=True)[window - 1 : window]
+    found = list(floor)
+    return queryset.filter(pk__gte=found[0]) if found else queryset
+
+
+# Every (key, value) of each candidate payload, at any depth, except inside the value of a
+# redacted key; a match is on a key, or on a scalar value not under a redacted key. The
+# text a redacted value would show is never matched, so it cannot be confirmed by search.
+_REDACTED_MATCH = """
+WITH RECURSIVE walk(id, k, v) AS (
+    SELECT e.id, NULL::text, e.payload FROM {table} e
+    WHERE e.id IN ({candidates})
+  UNION ALL
+    SELECT w.id, c.k, c.v FROM walk w CROSS JOIN LATERAL (
+        SELECT key, value FROM jsonb_each(
+            CASE WHEN jsonb_typeof(w.v) = 'object' THEN w.v ELSE '{{}}'::jsonb END)
+        UNION ALL
+        SELECT NULL, value FROM jsonb_array_elements(
+            CASE WHEN jsonb_typeof(w.v) = 'array' THEN w.v ELSE '[]'::jsonb END)
+    ) AS c(k, v)
+    WHERE w.k IS NULL OR NOT (lower(w.k) = ANY(%s))
+)
+SELECT id FROM walk
+WHERE (k IS NOT NULL AND k ILIKE %s)
+   OR (jsonb_typeof(v) NOT IN ('object', 'array')
+       AND (k IS NULL OR NOT (lower(k) = ANY(%s)))
+       AND v #>> '{{}}' ILIKE %s)
+"""
+
+
+def search_events(queryset: QuerySet[Any], term: str) -> QuerySet[Any]:
+    """Event id, correlation id, (part of) an event type, or payload text of the newest
+    ``SEARCH_WINDOW`` events of the list; redacted values never match."""
+    term = term.strip()
+    if not term:
+        return queryset
+    if term.isdigit():
+        return queryset.filter(pk=int(term))
+    try:
+        return queryset.filter(correlation_id=uuid.UUID(term))
+    except ValueError:
+        pass
+    using = queryset.db
+    needle = term.casefold()
+    types = [t for t in distinct_values(OutboxEvent, "event_type", using) if needle in t.casefold()]
+    recent = _newest(queryset)
+    fields = [f.lower() for f in eventbus_settings.REDACT_FIELDS]
+    if not fields:
+        text = recent.filter(payload__icontains=term).values("pk")
+        return queryset.filter(Q(event_type__in=types) | Q(pk__in=text))
+    if _pg(using):
+        prefilter = recent.filter(payload__icontains=term).values("pk")
+        candidates, params = prefilter.query.sql_with_params()
+        table = connections[using].ops.quote_name(OutboxEvent._meta.db_table)
+        sql = _REDACTED_MATCH.format(table=table, candidates=candidates)
+        pattern = _like(term)
+        matched = RawSQL(sql, (*params, fields, pattern, fields, pattern))
+        return queryset.filter(Q(event_type__in=types) | Q(pk__in=matched))
+    # SQLite (development): check the newest candidates' redacted text in Python.
+    ids = [
+        pk
+        for pk, payload in recent.filter(payload__icontains=term)
+        .order_by("-pk")
+        .values_list("pk", "payload")[:SEARCH_SCAN]
+        if needle in json.dumps(redact(payload), ensure_ascii=False).casefold()
+    ]
+    return queryset.filter(Q(event_type__in=types) | Q(pk__in=ids))
+
+
+def search_deliveries(queryset: QuerySet[Any], term: str) -> QuerySet[Any]:
+    """A delivery or event id, (part of) a handler name or exception class, or error text
+    of the newest ``SEARCH_WINDOW`` deliveries of the list."""
+    term = term.strip()
+    if not term:
+        return queryset
+    if term.isdigit():
+        return queryset.filter(Q(pk=int(term)) | Q(event_id=int(term)))
+    using = queryset.db
+    needle = term.casefold()
+    handlers = [h for h in distinct_values(Delivery, "handler", using) if needle in h.casefold()]
+    classes = [c for c in distinct_values(Delivery, "error_class", using) if needle in c.casefold()]
+    text = _newest(queryset).filter(last_error__icontains=term).values("pk")
+    return queryset.filter(Q(handler__in=handlers) | Q(error_class__in=classes) | Q(pk__in=text))
+
+
+# --- event and delivery pages ------------------------------------------------------------
+
+
+def timeline(
+    history: Iterable[DeliveryAttempt], retries: Iterable[OperatorAction]
+) -> list[dict[str, Any]]:
+    """A delivery's recorded attempts with the operators' retries between them, oldest first
+    (a retry starts a fresh set of attempts, so attempt numbers restart after it)."""
+    items = [{"attempt": h, "at": h.recorded_at} for h in history]
+    items += [{"retry": a, "at": a.created_at} for a in retries]
+    return sorted(items, key=lambda item: item["at"])
+
+
+def correlation_tree(event: OutboxEvent) -> list[tuple[OutboxEvent, int]]:
+    """Every event of the correlation, depth-first by causation, with its indent."""
+    members = list(
+        OutboxEvent.objects.using(event._state.db)
+        .filter(correlation_id=event.correlation_id)
+        .order_by("id")[:TREE_LIMIT]
+    )
+    by_parent: dict[int | None, list[OutboxEvent]] = {}
+    ids = {e.pk for e in members}
+    for e in members:
+        parent = e.causation_id if e.causation_id in ids else None
+        by_parent.setdefault(parent, []).append(e)
+    out: list[tuple[OutboxEvent, int]] = []
+    stack = [(e, 0) for e in reversed(by_parent.get(None, []))]
+    while stack:
+        node, level = stack.pop()
+        out.append((node, level))
+        stack.extend((c, level + 1) for c in reversed(by_parent.get(node.pk, [])))
+    return out
+
+
+# --- overview ----------------------------------------------------------------------------
+
+
+def _handler_row(name: str) -> dict[str, Any]:
+    return {"name": name, "hour_ok": 0, "hour_failed": 0, "day_ok": 0, "day_failed": 0}
+
+
+def overview_figures(using: str | None = None) -> dict[str, Any]:
+    using = using or router.db_for_read(Delivery)
+    deliveries = Delivery.objects.using(using)
+    now = timezone.now()
+    by_state = []
+    for value, label in Status.choices:
+        # Succeeded can be millions: its size is what matters, an estimate shows it.
+        n, exact = count_or_estimate(deliveries.filter(status=value), 100_000)
+        by_state.append({"label": label, "count": n, "exact": exact, "value": value})
+    undispatched = OutboxEvent.objects.using(using).filter(dispatched_at__isnull=True)
+    oldest = [
+        undispatched.aggregate(m=Min("created_at"))["m"],
+        deliveries.filter(status__in=Delivery.CLAIMABLE).aggregate(m=Min("created_at"))["m"],
+    ]
+    oldest_pending = min((t for t in oldest if t is not None), default=None)
+    registered = set(all_handlers())
+    handlers: dict[str, dict[str, Any]] = {name: _handler_row(name) for name in sorted(registered)}
+    paused = set(
+        HandlerState.objects.using(using).filter(paused=True).values_list("handler", flat=True)
+    )
+    hour_ago, day_ago = now - timedelta(hours=1), now - timedelta(days=1)
+    # 24 hourly bars, the last one the current hour, on the hours of the current time zone
+    # (TruncHour truncates there too, so the keys match).
+    start = timezone.localtime(now).replace(minute=0, second=0, microsecond=0) - timedelta(hours=23)
+    since = min(start, day_ago)
+    # One pass over the last day's successes, and one over its failed attempts, give both
+    # the per-handler figures and the chart.
+    hourly_ok: dict[Any, int] = {}
+    ok_rows = (
+        deliveries.filter(status=Status.SUCCEEDED, finished_at__gte=since)
+        .annotate(hour=TruncHour("finished_at"))
+        .order_by()
+        .values_list("handler", "hour")
+        .annotate(
+            n=Count("id", filter=Q(finished_at__gte=day_ago)),
+            last_hour=Count("id", filter=Q(finished_at__gte=hour_ago)),
+            charted=Count("id", filter=Q(finished_at__gte=start)),
+        )
+    )
+    for name, hour, n, last_hour, charted in ok_rows:
+        row = handlers.setdefault(name, _handler_row(name))
+        row["day_ok"] += n
+        row["hour_ok"] += last_hour
+        hourly_ok[hour] = hourly_ok.get(hour, 0) + charted
+    hourly_failed: dict[Any, int] = {}
+    failed_rows = (
+        DeliveryAttempt.objects.using(using)
+        .filter(
+            recorded_at__gte=since,
+            # Not the successes archived by a replay.
+            outcome__in=[DeliveryAttempt.Outcome.FAILED, DeliveryAttempt.Outcome.DEAD],
+        )
+        .annotate(hour=TruncHour("recorded_at"))
+        .order_by()
+        .values_list("delivery__handler", "hour")
+        .annotate(
+            n=Count("id", filter=Q(recorded_at__gte=day_ago)),
+            last_hour=Count("id", filter=Q(recorded_at__gte=hour_ago)),
+            charted=Count("id", filter=Q(recorded_at__gte=start)),
+        )
+    )
+    for name, hour, n, last_hour, charted in failed_rows:
+        row = handlers.setdefault(name, _handler_row(name))
+        row["day_failed"] += n
+        row["hour_failed"] += last_hour
+        hourly_failed[hour] = hourly_failed.get(hour, 0) + charted
+    busiest = max([1, *(r["day_ok"] + r["day_failed"] for r in handlers.values())])
+    for row in handlers.values():
+        row["paused"] = row["name"] in paused
+        row["registered"] = row["name"] in registered
+        # Widths (percent of the busiest handler) of its 24-hour bar in the table.
+        row["ok_pct"] = round(100 * row["day_ok"] / busiest, 1)
+        row["failed_pct"] = round(100 * row["day_failed"] / busiest, 1)
+    hours = [start + timedelta(hours=i) for i in range(24)]
+    peak = max([1, *hourly_ok.values(), *hourly_failed.values()])
+    bars = []
+    for i, hour in enumerate(hours):
+        ok_n, failed_n = hourly_ok.get(hour, 0), hourly_failed.get(hour, 0)
+        ok_h = round(80 * ok_n / peak)
+        failed_h = round(80 * failed_n / peak)
+        bars.append(
+            {
+                "x": 10 + i * 24,
+                "hour": hour,
+                "ok": ok_n,
+                "failed": failed_n,
+                "ok_h": ok_h,
+                "ok_y": 90 - ok_h,
+                "failed_h": failed_h,
+                "failed_y": 90 - ok_h - failed_h,
+            }
+        )
+    return {
+        "by_state": by_state,
+        "undispatched": undispatched.count(),
+        "oldest_pending": oldest_pending,
+        "lag": timesince(oldest_pending, now) if oldest_pending else None,
+        "handler_rows": list(handlers.values()),
+        "bars": bars,
+        "peak": peak,
+        "campaigns": RetryCampaign.objects.using(using).all()[:10],
+        "recent_actions": OperatorAction.objects.using(using).select_related("event")[:15],
+    }
