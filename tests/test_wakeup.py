@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -65,3 +67,81 @@ def test_one_listener_per_database(settings: Any) -> None:
 
 def test_listen_is_a_no_op_without_notify_or_postgresql() -> None:
     assert listen("default", 5, lambda: True) == -1
+
+
+def _notify_until(stop: Any, seconds: float = 4.0) -> None:
+    """NOTIFY every 50 ms from another session until ``stop`` is set."""
+    with _other_session() as emitter:
+        end = time.monotonic() + seconds
+        while not stop.is_set() and time.monotonic() < end:
+            emitter.execute(f"NOTIFY {CHANNEL}")
+            time.sleep(0.05)
+
+
+def _backend_pid() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return int(cursor.fetchone()[0])
+
+
+@pytest.mark.postgres
+def test_a_listener_whose_connection_is_terminated_listens_again(settings: Any) -> None:
+    settings.EVENTBUS = {**settings.EVENTBUS, "NOTIFY": True}
+    pids: list[int] = []
+    stop = threading.Event()
+
+    def kill_then_notify() -> None:
+        time.sleep(0.3)  # the listener is waiting by now
+        with _other_session() as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [pids[0]])
+        _notify_until(stop)
+
+    def work() -> bool:
+        pids.append(_backend_pid())
+        return len(pids) < 3  # 1: after LISTEN; 2: listening again; 3: a notification
+
+    thread = threading.Thread(target=kill_then_notify)
+    started = time.monotonic()
+    thread.start()
+    try:
+        wakeups = listen("default", 8, work)
+    finally:
+        stop.set()
+        thread.join()
+    assert wakeups == 1
+    assert pids[1] != pids[0] and pids[2] == pids[1]  # a new session, and it heard NOTIFY
+    assert time.monotonic() - started < 6
+    with _other_session() as other:  # the new session holds the lock again until it ends
+        locked = other.execute(
+            "SELECT pg_try_advisory_lock(hashtext('eventbus_app.listener'))"
+        ).fetchone()
+        assert locked == (True,)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("reconnect", [False, True], ids=["closed", "reconnected"])
+def test_a_listener_whose_work_replaced_the_connection_listens_on_the_new_one(
+    settings: Any, reconnect: bool
+) -> None:
+    """The dispatcher closes a connection it found broken, and the next query opens a new
+    one: that session never ran LISTEN (and connection.connection was None in between)."""
+    settings.EVENTBUS = {**settings.EVENTBUS, "NOTIFY": True}
+    calls: list[int] = []
+    stop = threading.Event()
+
+    def work() -> bool:
+        calls.append(1)
+        if len(calls) == 1:
+            connection.close()
+            if reconnect:
+                connection.ensure_connection()
+        return len(calls) < 3
+
+    thread = threading.Thread(target=_notify_until, args=(stop,))
+    thread.start()
+    try:
+        wakeups = listen("default", 5, work)
+    finally:
+        stop.set()
+        thread.join()
+    assert wakeups == 1 and len(calls) == 3
