@@ -17,14 +17,17 @@ from .exceptions import (
     EventDefinitionError,
     EventTypeConflict,
     HandlerRegistrationError,
+    HandlerTimeout,
     PayloadError,
     PayloadMismatch,
     PermanentError,
     UnknownEventType,
     UnknownHandler,
+    WrongExpectedVersion,
 )
 from .outbox import aemit, emit
 from .registry import handler
+from .upcasting import upcaster
 
 try:
     __version__ = version("eventbus_app")
@@ -39,14 +42,17 @@ __all__ = [
     "EventDefinitionError",
     "EventTypeConflict",
     "HandlerRegistrationError",
+    "HandlerTimeout",
     "PayloadError",
     "PayloadMismatch",
     "PermanentError",
     "UnknownEventType",
     "UnknownHandler",
+    "WrongExpectedVersion",
     "__version__",
     "aemit",
     "current_delivery",
     "emit",
     "handler",
+    "upcaster",
 ]

@@ -76,9 +76,13 @@ class Event:
     def upcast(cls, payload: dict[str, Any], version: int) -> dict[str, Any]:
         """Turn a payload stored by an older ``version`` of this class into the current form.
 
-        Override it when a new version renames or adds fields; the default keeps the payload.
+        The default runs the ``@upcaster`` steps registered for this class, one version at a
+        time (``upcasting.py``); a step with no upcaster keeps the payload. Override it to
+        convert in one place instead.
         """
-        return payload
+        from .upcasting import upcast_chain
+
+        return upcast_chain(cls, payload, version)
 
     def to_json(self) -> dict[str, Any]:
         """The payload as stored; raises :class:`PayloadError` naming a bad field."""

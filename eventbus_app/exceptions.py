@@ -86,3 +86,20 @@ class AttemptUnfinished(EventBusError):
 class HandlerBrokeTransaction(EventBusError):
     """A handler left its transaction unusable (it caught a database error without rolling
     it back, or closed the connection); its work was rolled back."""
+
+
+class WrongExpectedVersion(EventBusError):
+    """A stream's last position is not the one the writer expected (optimistic concurrency):
+    another writer appended first."""
+
+    def __init__(self, stream: str, expected: int, actual: int) -> None:
+        self.stream, self.expected, self.actual = stream, expected, actual
+        super().__init__(
+            f"Stream {stream!r} is at version {actual}, not the expected {expected}: another "
+            "writer appended first. Load it again, re-apply your change, and save with the new "
+            "version."
+        )
+
+
+class AggregateError(EventBusError):
+    """An aggregate cannot fold a stream (an event it has no applier for, say)."""

@@ -99,6 +99,14 @@ def emit(
             raise EventBusError(f"correlation_id must be a UUID, got {correlation_id!r}") from None
 
     using = using or router.db_for_write(OutboxEvent)
+    position = None
+    if stream:
+        from .streams.store import next_position
+
+        if transaction.get_connection(using).in_atomic_block:
+            # Before the block below: a WrongExpectedVersion (nothing written yet) leaves
+            # the caller's transaction usable; the stream's lock lasts until it ends.
+            position = next_position(using, stream, expected_version)
     # No savepoint: if anything below fails, the caller's transaction must roll back
     # whole (the event row is already written); in autocommit this is the transaction.
     with transaction.atomic(using=using, savepoint=False):
@@ -114,10 +122,7 @@ def emit(
             from .tasks import queue_row_in_transaction
 
             queue_row = queue_row_in_transaction(using)
-        position = None
-        if stream:
-            from .streams.store import next_position
-
+        if stream and position is None:  # autocommit: this block is the transaction
             position = next_position(using, stream, expected_version)
         record = _insert(
             using,

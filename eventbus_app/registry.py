@@ -28,6 +28,7 @@ class HandlerSpec:
     retry_backoff: float | None = None
     retry_backoff_max: float | None = None
     timeout: float | None = None
+    ordered: bool = False
 
     @property
     def location(self) -> str:
@@ -45,14 +46,19 @@ def handler(
     retry_backoff: float | None = None,
     retry_backoff_max: float | None = None,
     timeout: float | None = None,
+    ordered: bool = False,
 ) -> Callable[[F], F]:
     """Register the decorated function (sync or ``async def``) to run for ``event_cls``.
 
     It also runs for subclasses of ``event_cls``. ``max_attempts``, ``retry_backoff`` and
     ``retry_backoff_max`` override the ``EVENTBUS`` defaults for this handler; ``timeout``
     (seconds, default ``EVENTBUS['HANDLER_TIMEOUT']``) is how long one run may take before
-    it is interrupted and fails as timed out.
+    it is interrupted and fails as timed out. ``ordered=True``: this handler's deliveries of
+    one stream run one at a time, in position order, and a failing one holds the later ones
+    of its stream (only) until it succeeds or an operator retries or discards it.
     """
+    if not isinstance(ordered, bool):
+        raise HandlerRegistrationError(f"ordered must be True or False, got {ordered!r}")
     if callable(event_cls) and not isinstance(event_cls, type):
         # A bare ``@handler`` (no parentheses) passes the function itself here.
         raise HandlerRegistrationError(
@@ -90,6 +96,7 @@ def handler(
             retry_backoff=retry_backoff,
             retry_backoff_max=retry_backoff_max,
             timeout=timeout,
+            ordered=ordered,
         )
         if not spec.name or len(spec.name) > 255:
             raise HandlerRegistrationError(f"handler name must be 1-255 characters: {spec.name!r}")

@@ -267,9 +267,10 @@ def test_a_paused_handler_waits_and_runs_after_resume() -> None:
 @pytest.mark.django_db
 def test_pausing_holds_retries_of_failed_deliveries_too() -> None:
     record = emit(Work(key="flaky", fail_attempts=1))
-    from eventbus_app.dispatch import run_once
+    from eventbus_app.dispatch import deliver, fan_out_leased
 
-    run_once()  # fan-out and the first attempts: testapp.record fails once
+    _, token, leased = fan_out_leased()
+    deliver("default", token, leased)  # the first attempts: testapp.record fails once
     assert record.deliveries.get(handler="testapp.record").status == Status.FAILED
     operations.pause_handler("testapp.record", actor="x")
     drain()

@@ -24,13 +24,13 @@ import uuid
 from datetime import timedelta
 
 from django.db import connections, transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.db.models.functions import Now
 
 from ..conf import eventbus_settings
 from ..exceptions import AttemptUnfinished
 from ..models import Delivery, DeliveryAttempt, HandlerState
-from ..registry import get_handler
+from ..registry import all_handlers, get_handler
 from .retry import Failure
 
 logger = logging.getLogger(__name__)
@@ -64,10 +64,11 @@ def claim(
         .exclude(handler__in=paused)
         # An expired lease whose attempt had started is settled by reclaim_unfinished().
         .exclude(status=Status.RUNNING, in_flight__gt=0)
-        .order_by("next_attempt_at")
-        .select_for_update(skip_locked=True)
-        .values("pk")[:limit]
     )
+    picked = _heads_only(picked, using)
+    picked = picked.order_by("next_attempt_at").select_for_update(skip_locked=True).values(
+        "pk"
+    )[:limit]
     connection = connections[using]
     with transaction.atomic(using=using):
         if connection.vendor == "postgresql":
@@ -90,8 +91,7 @@ def claim(
         else:
             # Re-checking the due condition keeps the claim safe where rows are not locked.
             updated = (
-                Delivery.objects.using(using)
-                .filter(pk__in=picked, **due)
+                _heads_only(Delivery.objects.using(using).filter(pk__in=picked, **due), using)
                 .exclude(status=Status.RUNNING, in_flight__gt=0)
                 .update(
                     status=Status.RUNNING,
@@ -101,6 +101,24 @@ def claim(
                 )
             )
     return token, leased(using, token) if updated else []
+
+
+def _heads_only(rows: QuerySet[Delivery], using: str) -> QuerySet[Delivery]:
+    """Of ordered handlers' stream deliveries, only each stream's first unsettled one: the
+    later ones wait while an earlier one is pending, running, failed or dead."""
+    ordered = [spec.name for spec in all_handlers().values() if spec.ordered]
+    if not ordered:
+        return rows
+    earlier = (
+        Delivery.objects.using(using)
+        .filter(
+            handler=OuterRef("handler"),
+            stream=OuterRef("stream"),
+            position__lt=OuterRef("position"),
+        )
+        .exclude(status__in=Delivery.SETTLED)
+    )
+    return rows.exclude(Q(handler__in=ordered) & ~Q(stream="") & Exists(earlier))
 
 
 def leased(using: str, token: uuid.UUID) -> list[Delivery]:

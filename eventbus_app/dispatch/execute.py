@@ -662,8 +662,14 @@ def _route_again(delivery: Delivery, using: str) -> None:
     if cls is None:
         load_event(delivery.event)  # raises UnknownEventType with the explanation
         return
+    event = delivery.event
     Delivery.objects.using(using).bulk_create(
-        [Delivery(event_id=delivery.event_id, handler=s.name) for s in handlers_for(cls)],
+        [
+            Delivery(
+                event_id=event.pk, handler=s.name, stream=event.stream, position=event.position
+            )
+            for s in handlers_for(cls)
+        ],
         ignore_conflicts=True,
     )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import connections, transaction
 from django.db.models import DateTimeField, ExpressionWrapper
@@ -29,6 +29,17 @@ from .claim import paused_handlers
 UNROUTABLE = "eventbus_app.unroutable"
 
 Status = Delivery.Status
+
+
+class Row(NamedTuple):
+    """A delivery to create: its event, handler, whether it is leased to this worker, and
+    the event's stream and position (copied for ordered claims)."""
+
+    event: int
+    handler: str
+    leased: bool
+    stream: str
+    position: int | None
 
 
 def fan_out(using: str = "default", limit: int | None = None) -> int:
@@ -63,19 +74,31 @@ def _fan_out(using: str, limit: int | None, token: uuid.UUID | None) -> tuple[in
             .select_for_update(skip_locked=True)
             .annotate(lease_ends=lease_ends)
         )
-        events = list(picked[:limit] if postgres else picked.only("pk", "event_type")[:limit])
+        events = list(
+            picked[:limit]
+            if postgres
+            else picked.only("pk", "event_type", "stream", "position")[:limit]
+        )
         if not events:
             return 0, []
         paused = set(paused_handlers(using)) if token is not None else set()
-        rows: list[tuple[int, str, bool]] = []  # (event, handler, leased to this worker)
-        names_by_type: dict[str, list[str]] = {}  # resolve each event type once per batch
+        rows: list[Row] = []
+        names_by_type: dict[str, list[tuple[str, bool]]] = {}  # once per type and batch
         for event in events:
             names = names_by_type.get(event.event_type)
             if names is None:
                 cls = event_class(event.event_type)
-                names = [s.name for s in handlers_for(cls)] if cls is not None else [UNROUTABLE]
+                names = (
+                    [(s.name, s.ordered) for s in handlers_for(cls)]
+                    if cls is not None
+                    else [(UNROUTABLE, False)]
+                )
                 names_by_type[event.event_type] = names
-            rows.extend((event.pk, n, token is not None and n not in paused) for n in names)
+            for name, ordered in names:
+                # An ordered handler's stream deliveries wait for their turn: claimed in
+                # position order, never leased here.
+                mine = token is not None and name not in paused and not (ordered and event.stream)
+                rows.append(Row(event.pk, name, mine, event.stream, event.position))
         # The database's clock, read once: an expression per row costs more than the INSERT.
         lease_end = events[0].lease_ends
         if postgres:
@@ -91,15 +114,19 @@ def _fan_out(using: str, limit: int | None, token: uuid.UUID | None) -> tuple[in
 
 
 def _bulk_create_deliveries(
-    using: str, rows: list[tuple[int, str, bool]], token: uuid.UUID | None, lease_end: Any
+    using: str, rows: list[Row], token: uuid.UUID | None, lease_end: Any
 ) -> None:
     lease = {"status": Status.RUNNING, "lease_token": token}
     Delivery.objects.using(using).bulk_create(
         [
-            Delivery(event_id=pk, handler=name, next_attempt_at=lease_end, **lease)
-            if mine
-            else Delivery(event_id=pk, handler=name)
-            for pk, name, mine in rows
+            Delivery(
+                event_id=row.event,
+                handler=row.handler,
+                stream=row.stream,
+                position=row.position,
+                **({"next_attempt_at": lease_end, **lease} if row.leased else {}),
+            )
+            for row in rows
         ],
         ignore_conflicts=True,
     )
@@ -107,7 +134,7 @@ def _bulk_create_deliveries(
 
 def _insert_deliveries(
     using: str,
-    rows: list[tuple[int, str, bool]],
+    rows: list[Row],
     token: uuid.UUID | None,
     lease_end: Any,
     events: Sequence[OutboxEvent],
@@ -124,18 +151,20 @@ def _insert_deliveries(
     # millisecond between this commit and that start charges that delivery one attempt.)
     first_leased = [False] * len(rows)
     for index, row in enumerate(rows):
-        if row[2]:
+        if row.leased:
             first_leased[index] = True
             break
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {table} (event_id, handler, status, attempts, last_error, error_class, "
-            "traceback, next_attempt_at, lease_token, replays, in_flight, isolate, started_at) "
+            "traceback, next_attempt_at, lease_token, replays, in_flight, isolate, started_at, "
+            "stream, position) "
             "SELECT e, h, CASE WHEN l THEN %s ELSE %s END, 0, "
             "'', '', '', CASE WHEN l THEN %s ELSE STATEMENT_TIMESTAMP() END, "
             "CASE WHEN l THEN %s::uuid END, 0, CASE WHEN m THEN 1 ELSE 0 END, false, "
-            "CASE WHEN m THEN STATEMENT_TIMESTAMP() END "
-            "FROM unnest(%s::bigint[], %s::text[], %s::boolean[], %s::boolean[]) AS t(e, h, l, m) "
+            "CASE WHEN m THEN STATEMENT_TIMESTAMP() END, s, p "
+            "FROM unnest(%s::bigint[], %s::text[], %s::boolean[], %s::boolean[], %s::text[], "
+            "%s::integer[]) AS t(e, h, l, m, s, p) "
             # Our own bookkeeping: lost with a database crash, the event is fanned out again.
             "CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS cfg "
             "ON CONFLICT DO NOTHING RETURNING id, event_id, handler, status, in_flight",
@@ -144,10 +173,12 @@ def _insert_deliveries(
                 Status.PENDING.value,
                 lease_end,
                 token,
-                [r[0] for r in rows],
-                [r[1] for r in rows],
-                [r[2] for r in rows],
+                [r.event for r in rows],
+                [r.handler for r in rows],
+                [r.leased for r in rows],
                 first_leased,
+                [r.stream for r in rows],
+                [r.position for r in rows],
             ],
         )
         created = cursor.fetchall()
@@ -164,6 +195,8 @@ def _insert_deliveries(
             in_flight=in_flight,
             next_attempt_at=lease_end,
             lease_token=token,
+            stream=by_id[event_id].stream,
+            position=by_id[event_id].position,
         )
         delivery.event = by_id[event_id]
         delivery._state.adding = False
