@@ -349,3 +349,96 @@ def _is_running(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _order(username: str = "sam") -> Order:
+    from demo_project.orders.services import place_order
+
+    user = register_user(
+        username=username, name="Sam", email=f"{username}@example.com", password="pw"
+    )
+    return place_order(user, product="Milk frother", quantity=1, unit_price=Decimal("39.90"))
+
+
+def test_a_model_method_changes_state_and_emits_in_one_transaction() -> None:
+    from django.db import transaction
+
+    from demo_project.orders.events import OrderShipped
+
+    order = _order()
+    with pytest.raises(RuntimeError), transaction.atomic():  # the caller's rollback: neither
+        assert order.ship()
+        raise RuntimeError("the caller's transaction fails later")
+    assert Order.objects.get(pk=order.pk).shipped_at is None
+    assert not OutboxEvent.objects.filter(event_type="orders.OrderShipped").exists()
+
+    order = Order.objects.get(pk=order.pk)
+    assert order.ship()  # its own transaction when the caller has none
+    assert not order.ship()  # shipped once, emitted once
+    shipped = OutboxEvent.objects.get(event_type="orders.OrderShipped")
+    event = OrderShipped.from_json(shipped.payload, shipped.version)
+    assert event.order_id == order.pk
+    assert event.shipped_at == Order.objects.get(pk=order.pk).shipped_at
+    mail.outbox.clear()
+    run()
+    [notice] = [m for m in mail.outbox if m.subject == "Your order is on its way"]
+    assert notice.to == ["sam@example.com"]
+
+
+def test_a_post_save_receiver_emits_with_the_row_inside_atomic() -> None:
+    from django.db import transaction
+
+    from demo_project.orders.models import Refund
+
+    order = _order()
+    with pytest.raises(RuntimeError), transaction.atomic():
+        Refund.objects.create(order=order, amount=Decimal("1.00"))
+        raise RuntimeError("rolled back")
+    assert not Refund.objects.exists()
+    assert not OutboxEvent.objects.filter(event_type="orders.RefundIssued").exists()
+
+    with transaction.atomic():
+        refund = Refund.objects.create(order=order, amount=Decimal("2.50"))
+    refund.reason = "edited"
+    refund.save()  # not created: no second event
+    issued = OutboxEvent.objects.get(event_type="orders.RefundIssued")
+    assert issued.payload["refund_id"] == refund.pk and issued.payload["amount"] == "2.50"
+    mail.outbox.clear()
+    run()
+    assert [m.subject for m in mail.outbox if m.subject.startswith("Refund")] == [
+        "Refund of 2.50 EUR"
+    ]
+
+
+def test_what_goes_around_save_and_ship_emits_nothing() -> None:
+    """README: QuerySet.update() and bulk_create() call neither save() nor ship()."""
+    from django.utils import timezone
+
+    from demo_project.orders.models import Refund
+
+    order = _order()
+    Refund.objects.bulk_create([Refund(order=order, amount=Decimal("1.00"))])
+    Order.objects.filter(pk=order.pk).update(shipped_at=timezone.now())
+    assert Refund.objects.count() == 1 and Order.objects.get(pk=order.pk).shipped_at
+    assert not OutboxEvent.objects.filter(
+        event_type__in=["orders.OrderShipped", "orders.RefundIssued"]
+    ).exists()
+
+
+def test_order_page_ships_and_refunds(client: Client) -> None:
+    user = _signup(client)
+    client.post(reverse("orders:order_create"), {"product": "Milk frother", "quantity": "1"})
+    order = Order.objects.get(customer=user)
+    page = client.get(reverse("orders:order", args=[order.pk])).content.decode()
+    assert 'id="ship"' in page and 'id="refund"' in page
+    response = client.post(reverse("orders:order_ship", args=[order.pk]), follow=True)
+    assert "order.ship() emitted OrderShipped" in response.content.decode()
+    assert 'id="shipped"' in response.content.decode()
+    response = client.post(reverse("orders:order_refund", args=[order.pk]), follow=True)
+    assert "post_save receiver emitted RefundIssued" in response.content.decode()
+    assert OutboxEvent.objects.filter(event_type="orders.OrderShipped").count() == 1
+    assert OutboxEvent.objects.filter(event_type="orders.RefundIssued").count() == 1
+    assert client.get(reverse("orders:order_ship", args=[order.pk])).status_code == 405
+    other = Client()
+    _signup(other, username="eve")
+    assert other.post(reverse("orders:order_refund", args=[order.pk])).status_code == 403

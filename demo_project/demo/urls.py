@@ -16,6 +16,8 @@ orders_urls = (
     [
         path("", orders.order_create, name="order_create"),
         path("<uuid:order_id>/", orders.order_detail, name="order"),
+        path("<uuid:order_id>/ship/", orders.order_ship, name="order_ship"),
+        path("<uuid:order_id>/refund/", orders.order_refund, name="order_refund"),
     ],
     "orders",
 )

@@ -7,11 +7,13 @@ handler, so the new event's ``causation_id`` is the order's event and both share
 
 from __future__ import annotations
 
+from django.contrib.auth.models import User
+from django.core.mail import send_mail
 from django.utils import timezone
 
 from eventbus_app import current_delivery, emit, handler
 
-from .events import InvoiceCreated, OrderPlaced
+from .events import InvoiceCreated, OrderPlaced, OrderShipped, RefundIssued
 from .models import Invoice, Order
 
 WIDTH = 56
@@ -64,3 +66,30 @@ def render_invoice(event: InvoiceCreated) -> None:
     invoice.document = render_document(invoice)
     invoice.rendered_at = timezone.now()
     invoice.save(using=using, update_fields=["document", "rendered_at"])
+
+
+def _customer(user_id: int) -> User:
+    ctx = current_delivery()
+    return User.objects.using(ctx.using if ctx else "default").get(pk=user_id)
+
+
+@handler(OrderShipped, name="orders.email_shipping_notice")
+def email_shipping_notice(event: OrderShipped) -> None:
+    customer = _customer(event.user_id)
+    send_mail(
+        subject="Your order is on its way",
+        message=f"Order {event.order_id} shipped at {event.shipped_at:%Y-%m-%d %H:%M} UTC.\n",
+        from_email="shop@example.com",
+        recipient_list=[customer.email],
+    )
+
+
+@handler(RefundIssued, name="orders.email_refund_notice")
+def email_refund_notice(event: RefundIssued) -> None:
+    customer = _customer(event.user_id)
+    send_mail(
+        subject=f"Refund of {event.amount} EUR",
+        message=f"We refunded {event.amount} EUR on order {event.order_id}.\n",
+        from_email="shop@example.com",
+        recipient_list=[customer.email],
+    )
