@@ -24,7 +24,12 @@ from .signals import event_emitted
 
 
 def drain(using: str = DEFAULT_DB_ALIAS) -> dict[str, Any]:
-    """Fan out and deliver everything due on ``using``; returns the counts."""
+    """Fan out and deliver, in this process, everything due now on ``using``, until nothing
+    is; returns the counts (``fanned_out``, ``delivered``, ``failed``, ``dead``, ...).
+
+    Events emitted by the handlers and retries due at once run in the same call; a retry
+    whose backoff has not passed is not waited for (set ``EVENTBUS['RETRY_BACKOFF'] = 0`` in
+    tests, or call it again). Inside a test's transaction it runs in that transaction."""
     from .dispatch import run
 
     return run(using).as_dict()

@@ -539,3 +539,24 @@ def test_a_handler_emitting_on_another_database_nudges_it(
     assert chained.causation_id is None  # a foreign key cannot point into another database
     here = OutboxEvent.objects.get(event_type="testapp.Work")
     assert here.causation_id is not None  # same database: chained as before
+
+
+def test_drain_returns_its_counts_and_runs_chains_and_due_retries_in_one_call() -> None:
+    """What README's testing section says drain() does."""
+    emit(Work(key="ok"))
+    emit(Work(key="flaky", fail_attempts=1))  # RETRY_BACKOFF is 0 in the test settings
+    emit(Chain(n=1))
+    counts = drain()
+    assert counts["fanned_out"] == 4  # the chained event too
+    assert counts["delivered"] == 6 and counts["failed"] == 1 and counts["dead"] == 0
+    assert drain()["delivered"] == 0  # nothing left
+
+
+def test_drain_does_not_wait_for_a_retry_whose_backoff_has_not_passed(settings: Any) -> None:
+    settings.EVENTBUS = {**settings.EVENTBUS, "RETRY_BACKOFF": 60, "RETRY_JITTER": False}
+    emit(Work(key="flaky", fail_attempts=1))
+    started = time.monotonic()
+    counts = drain()
+    assert time.monotonic() - started < 10
+    assert counts["failed"] == 1 and counts["delivered"] == 1  # record_async succeeded
+    assert Delivery.objects.filter(status=Delivery.Status.FAILED).count() == 1
