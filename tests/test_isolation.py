@@ -290,3 +290,38 @@ def test_transaction_scoped_state_never_reaches_the_next_handler(register: Any) 
     notes = set(Effect.objects.filter(handler="t.observes").values_list("note", flat=True))
     assert notes == {f"|{owner}|0|0"}
     assert Effect.objects.filter(handler="t.sets_state").count() == 6
+
+
+def test_timeouts_work_outside_the_main_thread(register: Any, good: str) -> None:
+    """Where SIGALRM cannot be used (a dispatcher run from a thread), a watchdog thread
+    interrupts the handler instead."""
+    import threading
+
+    @register(Probe, name="t.spins", timeout=0.5, max_attempts=1)
+    def spins(event: Probe) -> None:
+        if event.n == 1:
+            while True:
+                time.sleep(0.01)
+
+    emit_probes(3)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            drain()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            from django.db import connections
+
+            connections.close_all()
+
+    thread = threading.Thread(target=work)
+    started = time.monotonic()
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and not errors, errors
+    assert time.monotonic() - started < 15
+    assert_neighbour_unharmed(good, 3)
+    bad = Delivery.objects.get(handler="t.spins", event__payload__n=1)
+    assert bad.status == Status.DEAD and "timed out after 0.5 s" in bad.last_error

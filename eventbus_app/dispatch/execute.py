@@ -55,7 +55,7 @@ from ..registry import HandlerSpec, get_handler, handlers_for
 from .claim import release
 from .fanout import UNROUTABLE
 from .retry import Failure, max_attempts
-from .timeout import Interrupt, outer_alarm_left, time_limit
+from .timeout import Interrupt, Limiter
 
 logger = logging.getLogger("eventbus_app.dispatch")
 
@@ -130,7 +130,8 @@ def deliver(
     later.
     """
     batch = _Batch(using, token, list(deliveries), claimed_at, counts or Counts())
-    batch.run()
+    with batch.limiter:
+        batch.run()
     return batch.counts
 
 
@@ -158,6 +159,7 @@ class _Batch:
         self.pending: list[Delivery] = []  # successes not recorded yet (no database use)
         self.pending_since = 0.0
         self.ran = 0
+        self.limiter = Limiter(using)
         # What the delivery's transaction records besides its own success (the pending
         # ones, a start marker); it counts only once that transaction has committed.
         self.riding: tuple[list[Delivery], set[int]] = ([], set())
@@ -194,7 +196,7 @@ class _Batch:
         """The run's time limit, or None when it does not fit and should be given back."""
         wanted = handler_timeout(spec)
         left = self.lease_ends - time.monotonic()
-        alarm = outer_alarm_left()
+        alarm = self.limiter.outer_left()
         if alarm is not None:
             left = min(left, alarm - ALARM_MARGIN)
         if wanted <= left:
@@ -238,6 +240,7 @@ class _Batch:
             depth=event.depth,
             replays=delivery.replays,
             using=self.using,
+            event_uuid=event.uuid,
         )
 
     def _run_one(
@@ -267,7 +270,7 @@ class _Batch:
             try:
                 with transaction.atomic(using=self.using):
                     callbacks_before = len(connection.run_on_commit)
-                    _call(spec, event, seconds, self.using)
+                    _call(spec, event, seconds, self.limiter)
                     if stopped:  # the handler caught ChainDepthExceeded: it still stops
                         raise stopped[0]
                     _check_transaction(connection, spec)
@@ -544,7 +547,7 @@ def _record_failure(using: str, token: uuid.UUID, delivery: Delivery, failure: F
 # --- calling the handler -------------------------------------------------------------------
 
 
-def _call(spec: HandlerSpec, event: Event, seconds: float, using: str) -> None:
+def _call(spec: HandlerSpec, event: Event, seconds: float, limiter: Limiter) -> None:
     """Run the handler under its time limit; a run over it raises HandlerTimeout."""
     interrupted: BaseException | None = None
     if spec.is_async:
@@ -553,7 +556,7 @@ def _call(spec: HandlerSpec, event: Event, seconds: float, using: str) -> None:
         limit = seconds + 1.0
     else:
         limit = seconds
-    with time_limit(limit, using) as timer:
+    with limiter.limit(limit) as timer:
         try:
             if spec.is_async:
                 async_to_sync(_call_async)(spec.func, event, seconds)

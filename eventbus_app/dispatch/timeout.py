@@ -44,14 +44,6 @@ class Timer:
         self.fired = False
 
 
-def outer_alarm_left() -> float | None:
-    """Seconds until the enclosing alarm (django-q2's task timeout) fires, if one is set."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    left = signal.getitimer(signal.ITIMER_REAL)[0]
-    return left or None
-
-
 def _cancel_query(using: str) -> bool:
     """Cancel the statement running on ``using``'s connection; True if one was running."""
     connection = connections[using]
@@ -69,70 +61,112 @@ def _cancel_query(using: str) -> bool:
     return True
 
 
-@contextmanager
-def time_limit(seconds: float, using: str) -> Iterator[Timer]:
-    """Interrupt the block after ``seconds``; ``timer.fired`` tells whether it was."""
-    timer = Timer(seconds)
-    if threading.current_thread() is threading.main_thread():
-        with _alarm(timer, using):
-            yield timer
-    else:
-        with _watchdog(timer, using):
-            yield timer
+class Limiter:
+    """Time limits for the runs of one batch: installed once (the signal handler, or the
+    watchdog thread), then armed and disarmed per run, which costs two system calls."""
 
+    def __init__(self, using: str) -> None:
+        self.using = using
+        self.timer: Timer | None = None
+        self.main = threading.current_thread() is threading.main_thread()
+        self._outer_handler: Any = None
+        self._outer_left = 0.0
+        self._installed_at = 0.0
+        self._deadline = 0.0
+        self._thread_id = ctypes.c_ulong(threading.get_ident())
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._done = False
+        self._watcher: threading.Thread | None = None
 
-@contextmanager
-def _alarm(timer: Timer, using: str) -> Iterator[None]:
-    def fire(signum: int, frame: Any) -> None:
+    def __enter__(self) -> Limiter:
+        if self.main:
+            self._outer_handler = signal.getsignal(signal.SIGALRM)
+            self._outer_left = signal.setitimer(signal.ITIMER_REAL, 0)[0]
+            self._installed_at = time.monotonic()
+            signal.signal(signal.SIGALRM, self._fire)
+        else:
+            self._watcher = threading.Thread(
+                target=self._watch, name="eventbus-timeout", daemon=True
+            )
+            self._watcher.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.main:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._outer_handler)
+            if self._outer_left:  # django-q2's alarm, with the time it had left
+                left = self._outer_left - (time.monotonic() - self._installed_at)
+                signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))
+        else:
+            with self._lock:
+                self._done = True
+                self._wake.set()
+            if self._watcher is not None:
+                self._watcher.join()
+
+    def outer_left(self) -> float | None:
+        """Seconds until the enclosing alarm (django-q2's task timeout) would fire."""
+        if not self._outer_left:
+            return None
+        return self._outer_left - (time.monotonic() - self._installed_at)
+
+    @contextmanager
+    def limit(self, seconds: float) -> Iterator[Timer]:
+        """Interrupt the block after ``seconds``; ``timer.fired`` tells whether it was."""
+        timer = Timer(seconds)
+        outer = self.outer_left()
+        limit = min(seconds, outer) if outer is not None else seconds
+        if self.main:
+            self.timer = timer
+            signal.setitimer(signal.ITIMER_REAL, max(limit, 0.001))
+            try:
+                yield timer
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                self.timer = None
+        else:
+            with self._lock:
+                self.timer = timer
+                self._deadline = time.monotonic() + limit
+                self._wake.set()
+            try:
+                yield timer
+            finally:
+                with self._lock:
+                    self.timer = None
+                    if timer.fired:  # clear an interrupt sent but not raised yet
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(self._thread_id, None)
+
+    def _expire(self, timer: Timer) -> bool:
+        """Time is up for ``timer``: True when a cancelled query will end the run."""
         first = not timer.fired
         timer.fired = True
+        return first and _cancel_query(self.using)
+
+    def _fire(self, signum: int, frame: Any) -> None:
+        timer = self.timer
+        if timer is None:
+            return  # between runs: nothing to interrupt
         signal.setitimer(signal.ITIMER_REAL, REPEAT_SECONDS)
-        if first and _cancel_query(using):
-            return  # the query fails by itself; the handler unwinds from there
-        raise Interrupt
+        if not self._expire(timer):
+            raise Interrupt
 
-    outer_handler = signal.getsignal(signal.SIGALRM)
-    outer_left = signal.setitimer(signal.ITIMER_REAL, 0)[0]
-    started = time.monotonic()
-    limit = min(timer.seconds, outer_left) if outer_left else timer.seconds
-    signal.signal(signal.SIGALRM, fire)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, max(limit, 0.001))
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, outer_handler)
-        if outer_left:
-            left = outer_left - (time.monotonic() - started)
-            signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))
-
-
-@contextmanager
-def _watchdog(timer: Timer, using: str) -> Iterator[None]:
-    thread_id = ctypes.c_ulong(threading.get_ident())
-    done = threading.Event()
-    lock = threading.Lock()  # no interrupt is sent once the block has ended
-
-    def watch() -> None:
-        wait = timer.seconds
-        while not done.wait(wait):
-            with lock:
-                if done.is_set():
+    def _watch(self) -> None:
+        while True:
+            with self._lock:
+                if self._done:
                     return
-                first = not timer.fired
-                timer.fired = True
-                wait = REPEAT_SECONDS
-                if first and _cancel_query(using):
-                    continue
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(thread_id, ctypes.py_object(Interrupt))
-
-    watcher = threading.Thread(target=watch, name="eventbus-timeout", daemon=True)
-    watcher.start()
-    try:
-        yield
-    finally:
-        with lock:
-            done.set()
-            if timer.fired:  # clear an interrupt sent but not raised yet
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(thread_id, None)
-        watcher.join()
+                timer, wait = self.timer, None
+                if timer is not None:
+                    wait = self._deadline - time.monotonic()
+                    if wait <= 0:
+                        self._deadline = time.monotonic() + REPEAT_SECONDS
+                        wait = REPEAT_SECONDS
+                        if not self._expire(timer):
+                            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                                self._thread_id, ctypes.py_object(Interrupt)
+                            )
+                self._wake.clear()
+            self._wake.wait(wait)
