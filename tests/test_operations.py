@@ -473,3 +473,89 @@ def test_one_canary_per_group_at_a_time() -> None:
     assert not operations.cancel_campaign(first.pk, actor="a")  # already cancelled
     second = operations.start_canary("testapp.record", "builtins.RuntimeError", rate=1, actor="b")
     assert second.state == Camp.CANARY and second.total == 2
+
+
+# --- who drives a canary retry (issue 10, defect 4) ------------------------------------------
+
+
+def _queued_campaign_tasks() -> list[tuple[Any, ...]]:
+    """The campaign tasks waiting in django-q2's ORM queue (the test settings' broker)."""
+    from django_q.models import OrmQ
+
+    from eventbus_app import tasks
+
+    return [q.task["args"] for q in OrmQ.objects.all() if q.task["func"] == tasks.CAMPAIGN]
+
+
+@pytest.mark.django_db
+def test_sweeps_start_no_further_canary_chains(
+    api: Api, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    """Found in review: every sweep called the campaign task, which enqueued a successor:
+    1, 2, 3, 4 chains after three sweeps, each holding a worker."""
+    from eventbus_app import tasks
+
+    settings.EVENTBUS = {**settings.EVENTBUS, "DISPATCH_SECONDS": 0.2}
+    dead_calls(3)
+    with django_capture_on_commit_callbacks(execute=True):
+        campaign = operations.start_canary("ops.api", "builtins.ConnectionError", rate=1, actor="x")
+    assert len(_queued_campaign_tasks()) == 1  # the chain start_canary starts
+    for _ in range(3):
+        tasks.sweep()
+    assert len(_queued_campaign_tasks()) == 1
+    campaign.refresh_from_db()
+    assert campaign.active
+
+
+@pytest.mark.django_db
+def test_the_sweep_restarts_a_campaign_whose_task_was_lost_and_ends_the_old_chain(
+    api: Api, settings: Any
+) -> None:
+    from django_q.models import OrmQ
+
+    from eventbus_app import campaigns, tasks
+
+    settings.EVENTBUS = {**settings.EVENTBUS, "DISPATCH_SECONDS": 0.2}
+    dead_calls(3)
+    api.down = False
+    campaign = operations.start_canary("ops.api", "builtins.ConnectionError", rate=1, actor="x")
+    old_token = campaigns.token_of(campaign)
+    OrmQ.objects.all().delete()  # the broker lost the campaign's task
+    tasks.sweep()
+    assert _queued_campaign_tasks() == []  # not stale yet: its task may just be queued
+    RetryCampaign.objects.filter(pk=campaign.pk).update(
+        updated_at=timezone.now() - timedelta(minutes=5)
+    )
+    tasks.sweep()
+    queued = _queued_campaign_tasks()
+    assert len(queued) == 1
+    campaign_id, using, token = queued[0]
+    assert (campaign_id, using) == (campaign.pk, "default") and token != old_token
+    tasks.sweep()
+    assert len(_queued_campaign_tasks()) == 1  # restarted once, not once per sweep
+    OrmQ.objects.all().delete()
+    # The lost task, had it turned up after all, ends without a successor ...
+    assert tasks.campaign(campaign.pk, "default", old_token) is False
+    assert _queued_campaign_tasks() == []
+    # ... and the new one drives the campaign and hands over to one successor.
+    assert tasks.campaign(campaign.pk, "default", token) is True
+    assert len(_queued_campaign_tasks()) == 1
+
+
+def test_tasks_and_operations_do_not_import_each_other() -> None:
+    """STYLE.md: a lower layer (campaigns.py) serves both; neither imports the other."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "eventbus_app"
+
+    def imported(module: str) -> set[str]:
+        names: set[str] = set()
+        for node in ast.walk(ast.parse((root / f"{module}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names.add(node.module or "")
+                names.update(alias.name for alias in node.names if not node.module)
+        return names
+
+    assert "operations" not in imported("tasks")
+    assert "tasks" not in imported("campaigns") and "operations" not in imported("campaigns")

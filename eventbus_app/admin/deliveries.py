@@ -7,8 +7,9 @@ import logging
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet, prefetch_related_objects
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
@@ -17,7 +18,7 @@ from django.utils.timesince import timesince
 from django.views.decorators.http import require_POST
 
 from .. import operations
-from ..models import Delivery, OperatorAction
+from ..models import Delivery, OperatorAction, OutboxEvent
 from .common import (
     RETRY_PERM,
     AuditRecordAdmin,
@@ -38,6 +39,19 @@ def short_age(obj: Delivery) -> str:
     return timesince(obj.created_at, depth=1) if obj.created_at else ""
 
 
+class DeliveryChangeList(ChangeList):
+    """The page's events in one query after the page is chosen: joining them before the
+    sort and limit made PostgreSQL join every matching delivery (16,000 dead letters of one
+    exception class: 0.6 s)."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        prefetch_related_objects(
+            list(self.result_list),
+            Prefetch("event", queryset=OutboxEvent.objects.only("id", "event_type")),
+        )
+
+
 @admin.register(Delivery)
 class DeliveryAdmin(AuditRecordAdmin):
     list_display = [
@@ -54,9 +68,9 @@ class DeliveryAdmin(AuditRecordAdmin):
     search_fields = ["handler"]  # enables the box; get_search_results does the work
     search_help_text = (
         "Delivery or event id, handler or exception class; or error text (the newest "
-        f"{SEARCH_WINDOW:,} deliveries of the list)."
+        f"{SEARCH_WINDOW:,} deliveries)."
     )
-    list_select_related = ["event"]
+    list_select_related = False  # DeliveryChangeList fetches the page's events
     ordering = ["-id"]
     actions = ["retry"]
     list_per_page = 50
@@ -77,9 +91,12 @@ class DeliveryAdmin(AuditRecordAdmin):
     )
     readonly_fields = fields
 
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return DeliveryChangeList
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         # The list shows an error's first line: never load tracebacks for 50 rows.
-        return super().get_queryset(request).defer("traceback", "event__payload")
+        return super().get_queryset(request).defer("traceback")
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Any], search_term: str

@@ -70,7 +70,7 @@ class OutboxEventAdmin(OverviewPage, AuditRecordAdmin):
     list_filter = [OutboxEventTypeFilter, "created_at", DeliveryStateFilter]
     search_help_text = (
         "Event id, correlation id or event type; or payload text (the newest "
-        f"{SEARCH_WINDOW:,} events of the list)."
+        f"{SEARCH_WINDOW:,} events)."
     )
     search_fields = ["event_type"]  # enables the box; get_search_results does the work
     ordering = ["-id"]

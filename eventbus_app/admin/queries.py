@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import connections, router
-from django.db.models import Count, Min, Q, QuerySet
+from django.db.models import Count, Max, Min, Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import TruncHour
 from django.utils import timezone
@@ -37,9 +37,9 @@ Status = Delivery.Status
 TREE_LIMIT = 200
 DISTINCT_LIMIT = 200
 # Counted exactly up to here; beyond it the planner's estimate is shown ("about …").
-EXACT_COUNT = 10_000
-# Free-text search (payload, error text) reads the newest this many rows of the list being
-# searched; ids, correlation ids, types, handlers and exception classes are found anywhere.
+EXACT_COUNT = 1_000
+# Free-text search (payload, error text) reads the table's newest this many rows; ids,
+# correlation ids, types, handlers and exception classes are found anywhere.
 SEARCH_WINDOW = 20_000
 SEARCH_SCAN = 1000  # SQLite only: candidates checked against their redacted text in Python
 
@@ -117,10 +117,10 @@ def _like(term: str) -> str:
 
 
 def _newest(queryset: QuerySet[Any], window: int = SEARCH_WINDOW) -> QuerySet[Any]:
-    """The newest ``window`` rows of ``queryset`` (by id: one index probe for the floor)."""
-    floor = queryset.order_by("-pk").values_list("pk", flat=True)[window - 1 : window]
-    found = list(floor)
-    return queryset.filter(pk__gte=found[0]) if found else queryset
+    """``queryset`` narrowed to the table's newest ``window`` ids (one index probe; a
+    window over the filtered rows cost a scan of every row the filters skip)."""
+    newest = queryset.model._base_manager.using(queryset.db).aggregate(m=Max("pk"))["m"]
+    return queryset.filter(pk__gt=newest - window) if newest is not None else queryset
 
 
 # Every (key, value) of each candidate payload, at any depth, except inside the value of a
@@ -149,8 +149,8 @@ WHERE (k IS NOT NULL AND k ILIKE %s)
 
 
 def search_events(queryset: QuerySet[Any], term: str) -> QuerySet[Any]:
-    """Event id, correlation id, (part of) an event type, or payload text of the newest
-    ``SEARCH_WINDOW`` events of the list; redacted values never match."""
+    """Event id, correlation id, (part of) an event type, else payload text among the
+    newest ``SEARCH_WINDOW`` events; redacted values never match."""
     term = term.strip()
     if not term:
         return queryset
@@ -163,11 +163,12 @@ def search_events(queryset: QuerySet[Any], term: str) -> QuerySet[Any]:
     using = queryset.db
     needle = term.casefold()
     types = [t for t in distinct_values(OutboxEvent, "event_type", using) if needle in t.casefold()]
+    if types:  # a type name: found through its index, anywhere in the table
+        return queryset.filter(event_type__in=types)
     recent = _newest(queryset)
     fields = [f.lower() for f in eventbus_settings.REDACT_FIELDS]
     if not fields:
-        text = recent.filter(payload__icontains=term).values("pk")
-        return queryset.filter(Q(event_type__in=types) | Q(pk__in=text))
+        return recent.filter(payload__icontains=term)
     if _pg(using):
         prefilter = recent.filter(payload__icontains=term).values("pk")
         candidates, params = prefilter.query.sql_with_params()
@@ -175,7 +176,7 @@ def search_events(queryset: QuerySet[Any], term: str) -> QuerySet[Any]:
         sql = _REDACTED_MATCH.format(table=table, candidates=candidates)
         pattern = _like(term)
         matched = RawSQL(sql, (*params, fields, pattern, fields, pattern))
-        return queryset.filter(Q(event_type__in=types) | Q(pk__in=matched))
+        return queryset.filter(pk__in=matched)
     # SQLite (development): check the newest candidates' redacted text in Python.
     ids = [
         pk
@@ -184,12 +185,12 @@ def search_events(queryset: QuerySet[Any], term: str) -> QuerySet[Any]:
         .values_list("pk", "payload")[:SEARCH_SCAN]
         if needle in json.dumps(redact(payload), ensure_ascii=False).casefold()
     ]
-    return queryset.filter(Q(event_type__in=types) | Q(pk__in=ids))
+    return queryset.filter(pk__in=ids)
 
 
 def search_deliveries(queryset: QuerySet[Any], term: str) -> QuerySet[Any]:
-    """A delivery or event id, (part of) a handler name or exception class, or error text
-    of the newest ``SEARCH_WINDOW`` deliveries of the list."""
+    """A delivery or event id, (part of) a handler name or exception class, else error text
+    among the newest ``SEARCH_WINDOW`` deliveries."""
     term = term.strip()
     if not term:
         return queryset
@@ -199,8 +200,9 @@ def search_deliveries(queryset: QuerySet[Any], term: str) -> QuerySet[Any]:
     needle = term.casefold()
     handlers = [h for h in distinct_values(Delivery, "handler", using) if needle in h.casefold()]
     classes = [c for c in distinct_values(Delivery, "error_class", using) if needle in c.casefold()]
-    text = _newest(queryset).filter(last_error__icontains=term).values("pk")
-    return queryset.filter(Q(handler__in=handlers) | Q(error_class__in=classes) | Q(pk__in=text))
+    if handlers or classes:  # names: found through their indexes, anywhere in the table
+        return queryset.filter(Q(handler__in=handlers) | Q(error_class__in=classes))
+    return _newest(queryset).filter(last_error__icontains=term)
 
 
 # --- event and delivery pages ------------------------------------------------------------
