@@ -80,6 +80,14 @@ OPTIONS: dict[str, Option] = {
         "milliseconds even where the broker polls (django-q2's ORM broker). Costs: that "
         "task holds a worker while it listens, and PostgreSQL serialises notifying commits.",
     ),
+    "REGISTRY_GRACE_SECONDS": Option(
+        300,
+        (int, float),
+        "Rolling deploys: how long a worker registry (the handlers and event versions one "
+        "version of the code knows) counts as live after its dispatcher was last seen. Work "
+        "only a live registry knows waits for it; work none knows is dead-lettered.",
+        1,
+    ),
     "DATABASES": Option(
         ("default",), (list, tuple), "Database aliases the dispatcher and sweep serve."
     ),

@@ -398,3 +398,29 @@ class Snapshot(models.Model):
 
     def __str__(self) -> str:
         return f"{self.aggregate} {self.stream} @ {self.version}"
+
+
+class WorkerRegistry(models.Model):
+    """What one version of the code knows: the handlers it routes each event type to and
+    the version of each event class. Every dispatcher refreshes its row (``last_seen``), so
+    during a rolling deploy old and new workers see each other: fan-out creates deliveries
+    for every live registry's handlers, a worker leaves work it does not know (a handler,
+    an event version) to one that does, and work no live registry knows is dead-lettered
+    once ``EVENTBUS['REGISTRY_GRACE_SECONDS']`` have passed."""
+
+    fingerprint = models.CharField(_("fingerprint"), max_length=64, primary_key=True)
+    routes: models.JSONField[Any, Any] = models.JSONField(
+        _("routes"), default=dict, help_text=_("Event type → handler names.")
+    )
+    versions: models.JSONField[Any, Any] = models.JSONField(
+        _("event versions"), default=dict, help_text=_("Event type → its class's version.")
+    )
+    first_seen = models.DateTimeField(_("first seen"), db_default=Now())
+    last_seen = models.DateTimeField(_("last seen"), db_default=Now(), db_index=True)
+
+    class Meta:
+        verbose_name = _("worker registry")
+        verbose_name_plural = _("worker registries")
+
+    def __str__(self) -> str:
+        return f"registry {self.fingerprint[:12]} (last seen {self.last_seen:%Y-%m-%d %H:%M})"

@@ -123,8 +123,12 @@ def _isolated_registries() -> Iterator[None]:
     """Event classes and handlers declared inside a test vanish after it."""
     from eventbus_app import events, registry
 
+    from eventbus_app.dispatch import fleet
+
     types, handlers = dict(events._types), dict(registry._handlers)
+    fleet.forget()
     yield
+    fleet.forget()
     events._types.clear()
     events._types.update(types)
     registry._handlers.clear()

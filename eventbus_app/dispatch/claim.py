@@ -31,6 +31,7 @@ from ..conf import eventbus_settings
 from ..exceptions import AttemptUnfinished
 from ..models import Delivery, DeliveryAttempt, HandlerState
 from ..registry import all_handlers, get_handler
+from .fleet import fleet
 from .retry import Failure
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,10 @@ def claim(
         # An expired lease whose attempt had started is settled by reclaim_unfinished().
         .exclude(status=Status.RUNNING, in_flight__gt=0)
     )
+    # Handlers another live worker has and this one does not wait for that worker.
+    others = fleet(using).others_handlers
+    if others:
+        picked = picked.exclude(handler__in=sorted(others))
     picked = _heads_only(picked, using)
     picked = picked.order_by("next_attempt_at").select_for_update(skip_locked=True).values(
         "pk"
@@ -197,12 +202,20 @@ def reclaim_unfinished(using: str = "default", limit: int | None = None) -> int:
     return settled
 
 
-def release(using: str, token: uuid.UUID, deliveries: list[Delivery]) -> int:
-    """Give back claimed deliveries this worker will not run (they were not attempted)."""
+def release(
+    using: str, token: uuid.UUID, deliveries: list[Delivery], *, delay: float = 0.0
+) -> int:
+    """Give back claimed deliveries this worker will not run (they were not attempted),
+    due again in ``delay`` seconds."""
     return (
         Delivery.objects.using(using)
         .filter(pk__in=[d.pk for d in deliveries], lease_token=token)
-        .update(status=Status.PENDING, lease_token=None, in_flight=0, next_attempt_at=Now())
+        .update(
+            status=Status.PENDING,
+            lease_token=None,
+            in_flight=0,
+            next_attempt_at=Now() + timedelta(seconds=delay),
+        )
     )
 
 

@@ -54,6 +54,7 @@ from ..models import Delivery, DeliveryAttempt
 from ..registry import HandlerSpec, get_handler, handlers_for
 from .claim import release
 from .fanout import UNROUTABLE
+from .fleet import fleet
 from .retry import Failure, max_attempts
 from .timeout import Interrupt, Limiter
 
@@ -68,6 +69,10 @@ SEGMENT = 50
 # Time kept free at the end of a lease (or of django-q2's task timeout) for recording the
 # last outcome: a run never outlives the lease it was started under.
 ALARM_MARGIN = 1.0
+
+# A delivery this worker's code does not know waits this long before it is due again, so
+# that a worker whose code knows it claims it meanwhile.
+LEAVE_SECONDS = 2.0
 
 # Per handler name, in this process: whether its last run used the database. Unknown
 # handlers get a start marker of their own.
@@ -257,12 +262,27 @@ class _Batch:
                     self._commit_success(delivery, position)
                 self._committed(delivery)
                 return
+            view = fleet(self.using)
             if spec is None:
+                if delivery.handler in view.others_handlers:
+                    self._leave(delivery, "its handler runs only on other workers")
+                    return
                 raise UnknownHandler(
-                    f"No handler named {delivery.handler!r} is registered in this process "
-                    "(removed or renamed?). Register it again under that name, or leave this "
-                    "dead letter."
+                    f"No handler named {delivery.handler!r} is registered in this process, "
+                    "nor in any worker seen in the last "
+                    f"{eventbus_settings.REGISTRY_GRACE_SECONDS:g} s (removed or renamed?). "
+                    "Register it again under that name, or leave this dead letter."
                 )
+            cls = event_class(delivery.event.event_type)
+            stored = delivery.event.version
+            if cls is not None and stored > cls.version:
+                if view.newer_version_known(cls.event_type, stored):
+                    self._leave(
+                        delivery,
+                        f"it was stored by version {stored} of {cls.event_type}, and this "
+                        f"worker has version {cls.version}",
+                    )
+                    return
             event = self._event(delivery)
             reset = _current.set(self._context(delivery))
             stopped: list[Exception] = []
@@ -399,6 +419,14 @@ class _Batch:
             handler=delivery.handler,
             error=failure.error,
             attempt=delivery.attempts,
+        )
+
+    def _leave(self, delivery: Delivery, why: str) -> None:
+        """Give a delivery back unrun and uncharged, for a worker whose code knows it."""
+        self._write(mark=[])
+        self.counts.released += release(self.using, self.token, [delivery], delay=LEAVE_SECONDS)
+        logger.info(
+            "Left delivery #%s (%s) to another worker: %s", delivery.pk, delivery.handler, why
         )
 
     def _lost(self, delivery: Delivery, when: str) -> None:

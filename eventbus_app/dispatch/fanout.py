@@ -20,9 +20,10 @@ from django.db.models.functions import Now
 from ..conf import eventbus_settings
 from ..events import event_class
 from ..models import Delivery, OutboxEvent
-from ..registry import handlers_for
+from ..registry import get_handler, handlers_for
 from .claim import leased as claimed
 from .claim import paused_handlers
+from .fleet import fleet
 
 # Pseudo-handler of an event whose type has no class here: delivering it routes the event
 # once the class exists again, and dead-letters it (with the reason) until then.
@@ -87,17 +88,16 @@ def _fan_out(using: str, limit: int | None, token: uuid.UUID | None) -> tuple[in
         for event in events:
             names = names_by_type.get(event.event_type)
             if names is None:
-                cls = event_class(event.event_type)
-                names = (
-                    [(s.name, s.ordered) for s in handlers_for(cls)]
-                    if cls is not None
-                    else [(UNROUTABLE, False)]
-                )
-                names_by_type[event.event_type] = names
+                names = names_by_type[event.event_type] = _routes(using, event.event_type)
             for name, ordered in names:
                 # An ordered handler's stream deliveries wait for their turn: claimed in
                 # position order, never leased here.
-                mine = token is not None and name not in paused and not (ordered and event.stream)
+                mine = (
+                    token is not None
+                    and name not in paused
+                    and (name == UNROUTABLE or get_handler(name) is not None)
+                    and not (ordered and event.stream)
+                )
                 rows.append(Row(event.pk, name, mine, event.stream, event.position))
         # The database's clock, read once: an expression per row costs more than the INSERT.
         lease_end = events[0].lease_ends
@@ -111,6 +111,18 @@ def _fan_out(using: str, limit: int | None, token: uuid.UUID | None) -> tuple[in
     if not postgres:
         leased = claimed(using, token) if token is not None else []
     return len(events), leased
+
+
+def _routes(using: str, event_type: str) -> list[tuple[str, bool]]:
+    """(handler, ordered) for each delivery an event of ``event_type`` gets: this worker's
+    handlers, and those only other live workers (newer or older code) route it to."""
+    cls = event_class(event_type)
+    own = [(s.name, s.ordered) for s in handlers_for(cls)] if cls is not None else []
+    names = fleet(using).handlers_for_type(event_type, [name for name, _ in own])
+    routes = own + [(name, False) for name in names[len(own) :]]
+    if cls is None and not routes:
+        return [(UNROUTABLE, False)]  # no class here, and no live worker routes it
+    return routes
 
 
 def _bulk_create_deliveries(

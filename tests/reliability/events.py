@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from eventbus_app import Event
@@ -55,3 +56,19 @@ class Crash(Event, event_type="reliability.Crash"):
     """A good handler and one that kills its worker process on the event whose n is 7."""
 
     n: int
+
+
+# Rolling deploys: EVENTBUS_TEST_NEW_CODE=1 runs "the new release", whose Deploy class is at
+# version 2 (a field added) and which has one more handler (tests/reliability/handlers.py).
+NEW_CODE = bool(os.environ.get("EVENTBUS_TEST_NEW_CODE"))
+
+if NEW_CODE:
+
+    class Deploy(Event, event_type="reliability.Deploy", version=2):
+        n: int
+        region: str = "eu"
+
+else:
+
+    class Deploy(Event, event_type="reliability.Deploy"):  # type: ignore[no-redef]
+        n: int

@@ -16,7 +16,7 @@ from eventbus_app import current_delivery, handler
 from eventbus_app.models import Delivery
 from tests.testapp.models import Effect
 
-from .events import Clean, Crash, Hang, Job, Poisoned, SignedUp, Tick
+from .events import NEW_CODE, Clean, Crash, Deploy, Hang, Job, Poisoned, SignedUp, Tick
 
 
 def record(name: str) -> None:
@@ -153,3 +153,18 @@ def crashes(event: Crash) -> None:
     if event.n == VICTIM:
         os._exit(70)
     record("rel.crashes")
+
+
+# --- rolling deploys: old and new code side by side -----------------------------------------
+
+
+@handler(Deploy, name="rel.deploy_both")
+def deploy_both(event: Deploy) -> None:
+    record("rel.deploy_both")
+
+
+if NEW_CODE:
+
+    @handler(Deploy, name="rel.deploy_new_only")
+    def deploy_new_only(event: Deploy) -> None:
+        record("rel.deploy_new_only")
