@@ -12,6 +12,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Prefetch, QuerySet, prefetch_related_objects
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.timesince import timesince
@@ -62,7 +63,7 @@ class DeliveryAdmin(AuditRecordAdmin):
         "attempts",
         "error",
         "age",
-        "next_attempt_at",
+        "next_try",
     ]
     list_filter = ["status", HandlerFilter, EventTypeFilter, ExceptionFilter]
     search_fields = ["handler"]  # enables the box; get_search_results does the work
@@ -120,6 +121,12 @@ class DeliveryAdmin(AuditRecordAdmin):
     @admin.display(description="age", ordering="created_at")
     def age(self, obj: Delivery) -> str:
         return short_age(obj)
+
+    @admin.display(description="next try", ordering="next_attempt_at")
+    def next_try(self, obj: Delivery) -> str:
+        if obj.next_attempt_at is None or obj.status not in Delivery.CLAIMABLE:
+            return "-"
+        return timezone.localtime(obj.next_attempt_at).strftime("%m-%d %H:%M")
 
     def has_retry_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(RETRY_PERM)
