@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
         help="Run only these sections (repeatable). Default: all.",
     )
     parser.add_argument(
-        "--no-peer", action="store_true", help="Skip the peers (django-domain-events, procrastinate)."
+        "--no-peer",
+        action="store_true",
+        help="Skip the peers (django-domain-events, procrastinate).",
     )
     parser.add_argument("--json", type=Path, default=None, help="Where to write the results.")
     args = parser.parse_args(argv)

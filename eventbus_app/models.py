@@ -79,7 +79,7 @@ class OutboxEvent(models.Model):
         blank=True,
         default="",
         db_default="",
-        help_text=_("The aggregate it belongs to (\"account-42\"); empty: no stream."),
+        help_text=_('The aggregate it belongs to ("account-42"); empty: no stream.'),
     )
     position = models.PositiveIntegerField(
         _("position"),

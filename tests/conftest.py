@@ -122,7 +122,6 @@ def register() -> Iterator[Callable[..., Callable[[Callable[..., Any]], Any]]]:
 def _isolated_registries() -> Iterator[None]:
     """Event classes and handlers declared inside a test vanish after it."""
     from eventbus_app import events, registry
-
     from eventbus_app.dispatch import fleet
 
     types, handlers = dict(events._types), dict(registry._handlers)

@@ -22,10 +22,12 @@ from django.urls import reverse
 
 from demo_project.accounts.models import PaymentCustomer, SignupStat
 from demo_project.accounts.services import (
+    UserProfile,
     change_email,
     rebuild_user,
     register_user,
     rename_user,
+    user_history,
 )
 from demo_project.demo import fakes
 from demo_project.demo.models import FakeService
@@ -159,20 +161,34 @@ def test_profile_history_is_rebuilt_by_replaying_the_stream() -> None:
     rename_user(user, "Wes Brown")
 
     state = rebuild_user(user.pk)
+    assert isinstance(state, UserProfile)  # the library's Aggregate, no hand-written fold
     assert (state.username, state.name, state.email) == ("wes", "Wes Brown", "wesley@example.com")
-    assert state.version == 4
-    assert [h["type"] for h in state.history] == [
+    assert (state.version, state.stream) == (4, f"user-{user.pk}")
+    history = user_history(user.pk)
+    assert [h["type"] for h in history] == [
         "UserCreated",
         "UserRenamed",
         "UserEmailChanged",
         "UserRenamed",
     ]
-    assert state.history[1]["changes"] == {"name": ("Wes", "Wesley")}
-    assert state.history[3]["changes"] == {"name": ("Wesley", "Wes Brown")}
+    assert history[1]["changes"] == {"name": ("Wes", "Wesley")}
+    assert history[3]["changes"] == {"name": ("Wesley", "Wes Brown")}
+    # Time travel: the profile as it was at version 2.
+    then = rebuild_user(user.pk, version=2)
+    assert (then.name, then.email) == ("Wesley", "wes@example.com")
     # The state comes from the events, not from the row: change the row behind its back.
     User.objects.filter(pk=user.pk).update(first_name="tampered")
     assert rebuild_user(user.pk).name == "Wes Brown"
     assert rebuild_user(other.pk).name == "Olamide"
+
+
+def test_the_profile_page_shows_the_state_as_of_a_version(client: Client) -> None:
+    user = _signup(client, "tia")
+    url = reverse("accounts:profile", args=[user.pk])
+    client.post(url, {"name": "Tia Two", "email": "tia@example.com"})
+    page = client.get(url + "?version=1").content.decode()
+    assert 'id="as-of"' in page and "As of version 1" in page
+    assert "?version=2" in page  # each history row links its moment
 
 
 def test_profile_form_appends_events(client: Client) -> None:

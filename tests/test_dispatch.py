@@ -296,7 +296,7 @@ def test_a_delivery_whose_worker_keeps_dying_is_dead_after_max_attempts(settings
     fan_out()
     crashy = Delivery.objects.get(handler="testapp.record")
     for attempt in (1, 2):  # the worker "died" while running it: marker set, lease expires
-        token, claimed = claim(isolated=attempt > 1)
+        _, claimed = claim(isolated=attempt > 1)
         assert crashy.pk in {d.pk for d in claimed}
         Delivery.objects.filter(pk=crashy.pk).update(
             in_flight=1, started_at=Now(), next_attempt_at=Now() - timedelta(seconds=1)
@@ -323,7 +323,7 @@ def test_an_unfinished_attempt_that_shared_its_marker_charges_nobody() -> None:
     their worker dies, none of them is charged, and each then runs alone."""
     emit(Work(key="a"))
     fan_out()
-    token, claimed = claim()
+    claim()
     Delivery.objects.update(
         in_flight=2, started_at=Now(), next_attempt_at=Now() - timedelta(seconds=1)
     )

@@ -62,9 +62,9 @@ class Account(Aggregate, stream_prefix="account", snapshot_every=5):
 
 def positions(stream: str) -> list[int]:
     return list(
-        OutboxEvent.objects.filter(stream=stream).order_by("position").values_list(
-            "position", flat=True
-        )
+        OutboxEvent.objects.filter(stream=stream)
+        .order_by("position")
+        .values_list("position", flat=True)
     )
 
 
@@ -345,7 +345,11 @@ def test_an_ordered_handler_runs_each_stream_in_order_and_a_failure_holds_only_i
     operations.retry_deliveries(Delivery.objects.filter(pk=dead.pk), actor="t")
     drain()
     assert set(rows.values_list("status", flat=True)) == {Status.SUCCEEDED}
-    a_events = [event for note, event in Effect.objects.order_by("id").values_list("note", "event_id") if note == "acct-a"]
+    a_events = [
+        event
+        for note, event in Effect.objects.order_by("id").values_list("note", "event_id")
+        if note == "acct-a"
+    ]
     assert a_events == sorted(a_events) and len(a_events) == 4
 
 

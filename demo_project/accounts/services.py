@@ -1,8 +1,9 @@
-"""Sign-up and profile changes, and the event-sourced rebuild of a user's history."""
+"""Sign-up and profile changes, and the event-sourced user profile (``UserProfile``: an
+``eventbus_app.streams.Aggregate`` over the stream ``user-<id>``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -10,12 +11,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from eventbus_app import emit
-from eventbus_app.events import event_class
-from eventbus_app.models import OutboxEvent
+from eventbus_app.dispatch import load_event
+from eventbus_app.streams import Aggregate, applies
+from eventbus_app.streams.store import records
 
 from .events import UserCreated, UserEmailChanged, UserRegistered, UserRenamed
-
-HISTORY_TYPES = [UserCreated.event_type, UserRenamed.event_type, UserEmailChanged.event_type]
 
 
 def register_user(*, username: str, name: str, email: str, password: str) -> User:
@@ -24,7 +24,9 @@ def register_user(*, username: str, name: str, email: str, password: str) -> Use
         user = User.objects.create_user(
             username=username, email=email, password=password, first_name=name
         )
-        emit(UserCreated(user_id=user.pk, username=username, name=name, email=email))
+        profile = UserProfile.load(user.pk)
+        profile.record(UserCreated(user_id=user.pk, username=username, name=name, email=email))
+        profile.save()
         emit(UserRegistered(user_id=user.pk, email=email, name=name, registered_at=timezone.now()))
     return user
 
@@ -33,61 +35,63 @@ def rename_user(user: User, name: str) -> None:
     with transaction.atomic():
         user.first_name = name
         user.save(update_fields=["first_name"])
-        emit(UserRenamed(user_id=user.pk, name=name))
+        profile = UserProfile.load(user.pk)
+        profile.record(UserRenamed(user_id=user.pk, name=name))
+        profile.save()
 
 
 def change_email(user: User, email: str) -> None:
     with transaction.atomic():
         user.email = email
         user.save(update_fields=["email"])
-        emit(UserEmailChanged(user_id=user.pk, email=email))
+        profile = UserProfile.load(user.pk)
+        profile.record(UserEmailChanged(user_id=user.pk, email=email))
+        profile.save()
 
 
-@dataclass
-class UserState:
-    """A user as its events say it is."""
+class UserProfile(Aggregate, stream_prefix="user", snapshot_every=50):
+    """A user as its events say it is: the stream ``user-<id>`` folded by the library."""
 
-    user_id: int
     username: str = ""
     name: str = ""
     email: str = ""
-    version: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
 
-    def apply(self, record: OutboxEvent) -> None:
-        cls = event_class(record.event_type)
-        if cls is None:
-            return
-        event = cls.from_json(record.payload, record.version)
-        before = {"name": self.name, "email": self.email}
-        if isinstance(event, UserCreated):
-            self.username, self.name, self.email = event.username, event.name, event.email
-        elif isinstance(event, UserRenamed):
-            self.name = event.name
-        elif isinstance(event, UserEmailChanged):
-            self.email = event.email
-        self.version += 1
-        changes = {
-            key: (before[key], value)
-            for key, value in {"name": self.name, "email": self.email}.items()
-            if before[key] != value
-        }
-        self.history.append(
-            {"record": record, "type": cls.__name__, "changes": changes, "version": self.version}
+    @applies(UserCreated)
+    def _created(self, event: UserCreated) -> None:
+        self.username, self.name, self.email = event.username, event.name, event.email
+
+    @applies(UserRenamed)
+    def _renamed(self, event: UserRenamed) -> None:
+        self.name = event.name
+
+    @applies(UserEmailChanged)
+    def _email_changed(self, event: UserEmailChanged) -> None:
+        self.email = event.email
+
+
+def rebuild_user(
+    user_id: int, *, version: int | None = None, as_of: datetime | None = None
+) -> UserProfile:
+    """The user's current state (or its state at ``version`` / ``as_of``: time travel)."""
+    return UserProfile.load(user_id, version=version, as_of=as_of)
+
+
+def user_history(user_id: int) -> list[dict[str, Any]]:
+    """Every event of the user's stream with the state after it, oldest first."""
+    profile = UserProfile.load(user_id, version=0)
+    history = []
+    for record in records(profile.stream):
+        event = load_event(record)
+        before = {"name": profile.name, "email": profile.email}
+        profile.apply(event)
+        after = {"name": profile.name, "email": profile.email}
+        history.append(
+            {
+                "record": record,
+                "version": record.position,
+                "type": type(event).__name__,
+                "changes": {k: (before[k], v) for k, v in after.items() if before[k] != v},
+                "state": after,
+            }
         )
-
-
-def user_stream(user_id: int) -> list[OutboxEvent]:
-    return list(
-        OutboxEvent.objects.filter(event_type__in=HISTORY_TYPES, payload__user_id=user_id).order_by(
-            "created_at", "id"
-        )
-    )
-
-
-def rebuild_user(user_id: int) -> UserState:
-    """Fold the user's stream, oldest first, into its current state."""
-    state = UserState(user_id=user_id)
-    for record in user_stream(user_id):
-        state.apply(record)
-    return state
+    return history

@@ -11,7 +11,7 @@ from eventbus_app.models import OutboxEvent
 
 from .forms import ProfileForm, SignupForm
 from .models import PaymentCustomer
-from .services import change_email, rebuild_user, register_user, rename_user
+from .services import change_email, rebuild_user, register_user, rename_user, user_history
 
 
 def signup(request: HttpRequest) -> HttpResponse:
@@ -43,7 +43,10 @@ def profile(request: HttpRequest, user_id: int) -> HttpResponse:
                 change_email(user, form.cleaned_data["email"])
             messages.success(request, "Saved: each change is a new event in the history.")
             return redirect("accounts:profile", user_id=user.pk)
+    history = user_history(user.pk)
     state = rebuild_user(user.pk)
+    as_of = request.GET.get("version", "")
+    then = rebuild_user(user.pk, version=int(as_of)) if as_of.isdigit() else None
     registered = OutboxEvent.objects.filter(
         event_type="accounts.UserRegistered", payload__user_id=user.pk
     ).first()
@@ -53,7 +56,8 @@ def profile(request: HttpRequest, user_id: int) -> HttpResponse:
         {
             "profile_user": user,
             "state": state,
-            "history": list(reversed(state.history)),
+            "history": list(reversed(history)),
+            "then": then,
             "matches": state.name == user.first_name and state.email == user.email,
             "form": form,
             "can_edit": can_edit,

@@ -70,16 +70,18 @@ def claim(
     others = fleet(using).others_handlers
     if others:
         picked = picked.exclude(handler__in=sorted(others))
-    picked = _heads_only(picked, using)
-    picked = picked.order_by("next_attempt_at").select_for_update(skip_locked=True).values(
-        "pk"
-    )[:limit]
+    ids = (
+        _heads_only(picked, using)
+        .order_by("next_attempt_at")
+        .select_for_update(skip_locked=True)
+        .values("pk")[:limit]
+    )
     connection = connections[using]
     with transaction.atomic(using=using):
         if connection.vendor == "postgresql":
             # A materialized CTE: PostgreSQL may re-run an ``IN (… LIMIT n)`` subquery per
             # outer row, which with SKIP LOCKED would lease more than ``n`` rows.
-            inner, params = picked.query.get_compiler(using=using).as_sql()
+            inner, params = ids.query.get_compiler(using=using).as_sql()
             table = connection.ops.quote_name(Delivery._meta.db_table)
             with connection.cursor() as cursor:
                 # Our own bookkeeping skips the WAL flush: lost with a crash, the rows are
@@ -96,7 +98,7 @@ def claim(
         else:
             # Re-checking the due condition keeps the claim safe where rows are not locked.
             updated = (
-                _heads_only(Delivery.objects.using(using).filter(pk__in=picked, **due), using)
+                _heads_only(Delivery.objects.using(using).filter(pk__in=ids, **due), using)
                 .exclude(status=Status.RUNNING, in_flight__gt=0)
                 .update(
                     status=Status.RUNNING,
@@ -186,7 +188,9 @@ def reclaim_unfinished(using: str = "default", limit: int | None = None) -> int:
             DeliveryAttempt.objects.using(using).create(
                 delivery_id=delivery.pk,
                 attempt=attempt,
-                outcome=DeliveryAttempt.Outcome.DEAD if failure.dead else DeliveryAttempt.Outcome.FAILED,
+                outcome=DeliveryAttempt.Outcome.DEAD
+                if failure.dead
+                else DeliveryAttempt.Outcome.FAILED,
                 error=failure.error,
                 error_class=failure.error_class,
                 replays=delivery.replays,
@@ -202,9 +206,7 @@ def reclaim_unfinished(using: str = "default", limit: int | None = None) -> int:
     return settled
 
 
-def release(
-    using: str, token: uuid.UUID, deliveries: list[Delivery], *, delay: float = 0.0
-) -> int:
+def release(using: str, token: uuid.UUID, deliveries: list[Delivery], *, delay: float = 0.0) -> int:
     """Give back claimed deliveries this worker will not run (they were not attempted),
     due again in ``delay`` seconds."""
     return (
@@ -222,9 +224,7 @@ def release(
 def next_due_in(using: str = "default") -> float | None:
     """Seconds (by the database's clock) until the next pending or failed delivery of an
     unpaused handler is due; ``None`` when there is none."""
-    waiting = Delivery.objects.using(using).filter(
-        Q(status__in=(Status.PENDING, Status.FAILED))
-    )
+    waiting = Delivery.objects.using(using).filter(Q(status__in=(Status.PENDING, Status.FAILED)))
     paused = paused_handlers(using)
     if paused:
         waiting = waiting.exclude(handler__in=paused)

@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from asgiref.sync import async_to_sync
 from django.db import DatabaseError, connections, transaction
@@ -275,14 +275,17 @@ class _Batch:
                 )
             cls = event_class(delivery.event.event_type)
             stored = delivery.event.version
-            if cls is not None and stored > cls.version:
-                if view.newer_version_known(cls.event_type, stored):
-                    self._leave(
-                        delivery,
-                        f"it was stored by version {stored} of {cls.event_type}, and this "
-                        f"worker has version {cls.version}",
-                    )
-                    return
+            if (
+                cls is not None
+                and stored > cls.version
+                and view.newer_version_known(cls.event_type, stored)
+            ):
+                self._leave(
+                    delivery,
+                    f"it was stored by version {stored} of {cls.event_type}, and this "
+                    f"worker has version {cls.version}",
+                )
+                return
             event = self._event(delivery)
             reset = _current.set(self._context(delivery))
             stopped: list[Exception] = []
@@ -294,11 +297,13 @@ class _Batch:
                     if stopped:  # the handler caught ChainDepthExceeded: it still stops
                         raise stopped[0]
                     _check_transaction(connection, spec)
-                    registered = connection.run_on_commit[callbacks_before:]
+                    # (sids, func, robust) since Django 4.2; the stubs know two of them.
+                    hooks: list[Any] = cast(Any, connection).run_on_commit
+                    registered = hooks[callbacks_before:]
                     used_db = bool(registered) or _in_transaction(connection)
                     _uses_db[delivery.handler] = used_db
                     if used_db:
-                        connection.run_on_commit[callbacks_before:] = [
+                        hooks[callbacks_before:] = [
                             (sids, _Logged(func, delivery), True) for sids, func, _ in registered
                         ]
                         committing = True
@@ -563,7 +568,9 @@ def _record_failure(using: str, token: uuid.UUID, delivery: Delivery, failure: F
         DeliveryAttempt.objects.using(using).create(
             delivery_id=delivery.pk,
             attempt=delivery.attempts + 1,
-            outcome=DeliveryAttempt.Outcome.DEAD if failure.dead else DeliveryAttempt.Outcome.FAILED,
+            outcome=DeliveryAttempt.Outcome.DEAD
+            if failure.dead
+            else DeliveryAttempt.Outcome.FAILED,
             error=failure.error,
             error_class=failure.error_class,
             traceback=failure.traceback,
@@ -578,12 +585,9 @@ def _record_failure(using: str, token: uuid.UUID, delivery: Delivery, failure: F
 def _call(spec: HandlerSpec, event: Event, seconds: float, limiter: Limiter) -> None:
     """Run the handler under its time limit; a run over it raises HandlerTimeout."""
     interrupted: BaseException | None = None
-    if spec.is_async:
-        # The coroutine is cancelled at its limit; the alarm is a backstop for one that
-        # blocks its event loop.
-        limit = seconds + 1.0
-    else:
-        limit = seconds
+    # An async handler's coroutine is cancelled at its limit; the alarm is a backstop for
+    # one that blocks its event loop.
+    limit = seconds + 1.0 if spec.is_async else seconds
     with limiter.limit(limit) as timer:
         try:
             if spec.is_async:
@@ -709,4 +713,3 @@ def _send(signal: Any, **kwargs: Any) -> None:
     for receiver, result in signal.send_robust(sender=Delivery, **kwargs):
         if isinstance(result, Exception):
             logger.error("Receiver %r of an eventbus signal raised", receiver, exc_info=result)
-

@@ -70,6 +70,7 @@ class Aggregate:
     # Set on instances by load(); not dataclass fields.
     id: str
     version: int
+    _pending: list[Event]
 
     def __init_subclass__(
         cls,
@@ -97,7 +98,10 @@ class Aggregate:
             cls.stream_prefix = cls.__name__.lower()
         dataclasses.dataclass(cls)
         for field in dataclasses.fields(cls):  # type: ignore[arg-type]
-            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            if (
+                field.default is dataclasses.MISSING
+                and field.default_factory is dataclasses.MISSING
+            ):
                 raise EventDefinitionError(
                     f"{cls.__qualname__}.{field.name} needs a default: an aggregate starts "
                     "empty and is built by its events"
@@ -137,7 +141,7 @@ class Aggregate:
     def apply(self, event: Event) -> None:
         """Fold one event into the state (what load() and record() do)."""
         for klass in type(event).__mro__:
-            name = self._appliers.get(klass)  # type: ignore[call-overload]
+            name = self._appliers.get(klass)
             if name is not None:
                 getattr(self, name)(event)
                 return
@@ -168,7 +172,7 @@ class Aggregate:
         self = cls()
         self.id = str(aggregate_id)
         self.version = 0
-        self._pending: list[Event] = []
+        self._pending = []
         snapshot = _latest_snapshot(cls, self.stream, using, as_of=as_of, version=version)
         if snapshot is not None:
             restored = codec.decode_fields(cls, snapshot.state)
@@ -221,7 +225,7 @@ class Aggregate:
         from ..outbox import emit
 
         using = using or router.db_for_write(OutboxEvent)
-        pending = list(getattr(self, "_pending", []))
+        pending: list[Event] = list(getattr(self, "_pending", []))
         if not pending:
             return []
         base = self.version - len(pending)

@@ -50,7 +50,7 @@ def assert_good_deliveries(name: str) -> None:
 def test_a_hung_handler_times_out_alone_under_qcluster(
     workers: Workers, rel_env: dict[str, str], settings: Any
 ) -> None:
-    """50 events × 2 handlers; one hangs for ever on one event (ORM broker, django-q2
+    """50 events x 2 handlers; one hangs for ever on one event (ORM broker, django-q2
     timeout 10 s, lease 30 s, 3 attempts, 2 workers)."""
     env = dict(
         rel_env,
@@ -75,10 +75,10 @@ def test_a_hung_handler_times_out_alone_under_qcluster(
     victim = Delivery.objects.filter(handler="rel.hangs", event__payload__n=VICTIM)
 
     good_done = wait_until(
-        lambda: Delivery.objects.filter(
-            handler="rel.hang_good", status=Status.SUCCEEDED
-        ).count()
-        == EVENTS,
+        lambda: (
+            Delivery.objects.filter(handler="rel.hang_good", status=Status.SUCCEEDED).count()
+            == EVENTS
+        ),
         60,
         "the good handler's deliveries",
     )
@@ -114,7 +114,7 @@ def test_a_hung_handler_times_out_alone_under_qcluster(
 def test_a_handler_that_kills_its_worker_is_charged_alone(
     workers: Workers, rel_env: dict[str, str]
 ) -> None:
-    """50 events × 2 handlers; one calls os._exit() on one event, every time it runs.
+    """50 events x 2 handlers; one calls os._exit() on one event, every time it runs.
     Drains are restarted as cron would (lease 3 s, 3 attempts)."""
     env = dict(
         rel_env,
@@ -131,9 +131,10 @@ def test_a_handler_that_kills_its_worker_is_charged_alone(
 
     def done() -> bool:
         nonlocal deaths
-        if victim.filter(status=Status.DEAD).exists() and not Delivery.objects.exclude(
-            status__in=[Status.SUCCEEDED, Status.DEAD]
-        ).exists():
+        if (
+            victim.filter(status=Status.DEAD).exists()
+            and not Delivery.objects.exclude(status__in=[Status.SUCCEEDED, Status.DEAD]).exists()
+        ):
             return True
         live = [p for p in workers.procs if p.poll() is None]
         deaths = sum(1 for p in workers.procs if p.returncode == 70)
@@ -168,8 +169,6 @@ def test_a_handler_that_kills_its_worker_is_charged_alone(
         lost=0,
         twice_tx=0,
         twice_file=None,
-        good_done_after_first_delivery_s=round(
-            (good_finished - first_created).total_seconds(), 1
-        ),
+        good_done_after_first_delivery_s=round((good_finished - first_created).total_seconds(), 1),
         crasher_dead_s=round(elapsed, 1),
     )
