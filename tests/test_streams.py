@@ -403,3 +403,20 @@ def test_concurrent_writers_to_one_stream_from_separate_processes(
     assert free == ["committed"] * 6
     assert positions("account-race") == list(range(1, 9))
     assert connection.vendor == "postgresql"
+
+
+def test_an_aggregate_class_is_found_by_its_stream_and_its_history_has_each_state() -> None:
+    from eventbus_app.streams.aggregate import aggregate_for_stream
+
+    account = Account.load(13)
+    account.record(Opened(owner="ann"))
+    account.record(Deposited(amount=Decimal("4")))
+    account.save()
+    found = aggregate_for_stream("account-13")
+    assert found is not None and found[1] == "13" and found[0].stream_prefix == "account"
+    assert aggregate_for_stream("nothing-here") is None
+    steps = Account.history(13)
+    assert [(record.position, state["balance"]) for record, state in steps] == [
+        (1, "0"),
+        (2, "4"),
+    ]

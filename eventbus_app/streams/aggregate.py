@@ -121,6 +121,7 @@ class Aggregate:
                     appliers[event_cls] = attr
         cls._appliers = appliers
         cls._shape = _shape(cls)
+        _by_prefix[cls.stream_prefix] = cls  # the latest class of a prefix wins
 
     # --- identity --------------------------------------------------------------------------
 
@@ -197,6 +198,26 @@ class Aggregate:
             _store_snapshot(self, last.created_at, using)
         return self
 
+    @classmethod
+    def history(
+        cls: type[A], aggregate_id: str | int, *, using: str | None = None
+    ) -> list[tuple[Any, dict[str, Any]]]:
+        """Each stored event of the stream with the aggregate's state (its fields, as JSON)
+        after it, oldest first: time-travel debugging for the console."""
+        from ..dispatch.execute import load_event
+        from .store import records
+
+        self = cls()
+        self.id = str(aggregate_id)
+        self.version = 0
+        self._pending = []
+        steps = []
+        for record in records(self.stream, using=using):
+            self.apply(load_event(record))
+            self.version = record.position or self.version
+            steps.append((record, codec.encode_fields(self)))
+        return steps
+
     # --- writing ---------------------------------------------------------------------------
 
     def record(self, event: Event) -> None:
@@ -240,6 +261,17 @@ class Aggregate:
                 _store_snapshot(self, stored[-1].created_at, using)
         self._pending = []
         return stored
+
+
+_by_prefix: dict[str, type[Aggregate]] = {}
+
+
+def aggregate_for_stream(stream: str) -> tuple[type[Aggregate], str] | None:
+    """The Aggregate class whose ``stream_prefix`` names ``stream`` ("account-42" →
+    ``(Account, "42")``), for pages that show a stream's state after each event."""
+    prefix, sep, aggregate_id = stream.rpartition("-")
+    cls = _by_prefix.get(prefix) if sep else None
+    return (cls, aggregate_id) if cls is not None else None
 
 
 def _shape(cls: type[Aggregate]) -> str:

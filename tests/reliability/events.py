@@ -72,3 +72,9 @@ else:
 
     class Deploy(Event, event_type="reliability.Deploy"):  # type: ignore[no-redef]
         n: int
+
+
+class Step(Event, event_type="reliability.Step"):
+    """An ordered handler's workload: events appended to many streams."""
+
+    n: int

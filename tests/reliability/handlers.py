@@ -16,7 +16,7 @@ from eventbus_app import current_delivery, handler
 from eventbus_app.models import Delivery
 from tests.testapp.models import Effect
 
-from .events import NEW_CODE, Clean, Crash, Deploy, Hang, Job, Poisoned, SignedUp, Tick
+from .events import NEW_CODE, Clean, Crash, Deploy, Hang, Job, Poisoned, SignedUp, Step, Tick
 
 
 def record(name: str) -> None:
@@ -168,3 +168,24 @@ if NEW_CODE:
     @handler(Deploy, name="rel.deploy_new_only")
     def deploy_new_only(event: Deploy) -> None:
         record("rel.deploy_new_only")
+
+
+# --- ordered handlers under kill -9 ---------------------------------------------------------
+
+
+@handler(Step, name="rel.ordered", ordered=True)
+def ordered_step(event: Step) -> None:
+    """Records (stream, position) in its transaction: the effects' ids give the order."""
+    from eventbus_app.models import OutboxEvent
+
+    ctx = current_delivery()
+    assert ctx is not None
+    row = OutboxEvent.objects.using(ctx.using).only("stream", "position").get(pk=ctx.event_id)
+    time.sleep(0.002)
+    Effect.objects.using(ctx.using).create(
+        handler="rel.ordered",
+        event_id=ctx.event_id,
+        attempt=ctx.attempt,
+        pid=os.getpid(),
+        note=f"{row.stream}:{row.position}",
+    )
