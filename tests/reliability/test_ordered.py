@@ -57,14 +57,15 @@ def test_ordered_handler_keeps_per_stream_order_under_kill_9(
     wait_until(finished, 300, "every stream to complete")
     elapsed = time.monotonic() - started
     per: dict[str, list[int]] = defaultdict(list)
-    for note in Effect.objects.filter(handler="rel.ordered").order_by("id").values_list(
-        "note", flat=True
+    for note in (
+        Effect.objects.filter(handler="rel.ordered").order_by("id").values_list("note", flat=True)
     ):
         stream, position = note.rsplit(":", 1)
         per[stream].append(int(position))
     out_of_order = [s for s, positions in per.items() if positions != sorted(positions)]
     twice = [s for s, positions in per.items() if len(positions) != len(set(positions))]
-    incomplete = [s for s, positions in per.items() if sorted(positions) != list(range(1, per_stream + 1))]
+    every = list(range(1, per_stream + 1))
+    incomplete = [s for s, positions in per.items() if sorted(positions) != every]
     report(
         "ordered handler under kill -9",
         events=total,
