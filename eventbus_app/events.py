@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, ClassVar
+from typing import Any, ClassVar, dataclass_transform
 
 from . import codec
 from .exceptions import EventDefinitionError, EventTypeConflict, PayloadError, PayloadMismatch
@@ -28,6 +28,7 @@ def _default_app_label(module: str) -> str:
     return parts[-2] if len(parts) > 1 else parts[0]
 
 
+@dataclass_transform(frozen_default=True)
 class Event:
     """Base class of domain events: immutable, typed facts.
 

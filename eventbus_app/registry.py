@@ -8,7 +8,7 @@ refactors that keep it.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -29,6 +29,7 @@ class HandlerSpec:
     retry_backoff_max: float | None = None
     timeout: float | None = None
     ordered: bool = False
+    writes: tuple[Any, ...] = ()  # the models a projection writes (eventbus_rebuild --shadow)
 
     @property
     def location(self) -> str:
@@ -47,6 +48,7 @@ def handler(
     retry_backoff_max: float | None = None,
     timeout: float | None = None,
     ordered: bool = False,
+    writes: Sequence[Any] = (),
 ) -> Callable[[F], F]:
     """Register the decorated function (sync or ``async def``) to run for ``event_cls``.
 
@@ -56,9 +58,16 @@ def handler(
     it is interrupted and fails as timed out. ``ordered=True``: this handler's deliveries of
     one stream run one at a time, in position order, and a failing one holds the later ones
     of its stream (only) until it succeeds or an operator retries or discards it.
+    ``writes=[Model, ...]``: the models a projection handler writes, so that
+    ``manage.py eventbus_rebuild NAME --shadow`` can rebuild them beside the live ones.
     """
     if not isinstance(ordered, bool):
         raise HandlerRegistrationError(f"ordered must be True or False, got {ordered!r}")
+    for model in writes:
+        if not (isinstance(model, type) and hasattr(model, "_meta")):
+            raise HandlerRegistrationError(
+                f"writes= lists the Django models a projection writes, got {model!r}"
+            )
     if callable(event_cls) and not isinstance(event_cls, type):
         # A bare ``@handler`` (no parentheses) passes the function itself here.
         raise HandlerRegistrationError(
@@ -97,6 +106,7 @@ def handler(
             retry_backoff_max=retry_backoff_max,
             timeout=timeout,
             ordered=ordered,
+            writes=tuple(writes),
         )
         if not spec.name or len(spec.name) > 255:
             raise HandlerRegistrationError(f"handler name must be 1-255 characters: {spec.name!r}")

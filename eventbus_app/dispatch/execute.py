@@ -208,7 +208,7 @@ class _Batch:
             return wanted
         if self.ran:
             return None
-        # The first of its batch: cut to what is left (checks W017/W018 flag such settings).
+        # The first of its batch: cut to what is left (checks W013 and W017 flag such settings).
         return max(left, 0.1)
 
     def _segment(self, position: int) -> list[Delivery]:

@@ -66,3 +66,9 @@ class Chain(Event):
     """A handler re-emits it: used for chain depth and causation."""
 
     n: int
+
+
+class Credited(Event, event_type="testapp.Credited"):
+    """Folded into the Balance projection (tests/test_rebuild.py)."""
+
+    amount: int

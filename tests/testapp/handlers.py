@@ -5,8 +5,8 @@ import time
 
 from eventbus_app import PermanentError, current_delivery, emit, handler
 
-from .events import Chain, Work
-from .models import Effect
+from .events import Chain, Credited, Work
+from .models import Balance, Effect
 
 
 def _record(name: str, note: str = "") -> None:
@@ -48,3 +48,21 @@ def chain(event: Chain) -> None:
     _record("testapp.chain")
     if event.n > 0:
         emit(Chain(n=event.n - 1))
+
+
+@handler(Credited, name="testapp.balances", ordered=True, writes=[Balance])
+def balances(event: Credited) -> None:
+    """A projection: not idempotent (it adds), so rebuilds start from empty tables."""
+    from django.db.models import F
+
+    from eventbus_app.models import OutboxEvent
+
+    ctx = current_delivery()
+    assert ctx is not None
+    stream = (
+        OutboxEvent.objects.using(ctx.using).values_list("stream", flat=True).get(pk=ctx.event_id)
+    )
+    row, _ = Balance.objects.using(ctx.using).get_or_create(stream=stream)
+    Balance.objects.using(ctx.using).filter(pk=row.pk).update(
+        total=F("total") + event.amount, events=F("events") + 1
+    )

@@ -33,3 +33,14 @@ class Child(models.Model):
 
     def __str__(self) -> str:
         return f"child of #{self.parent_id}"
+
+
+class Balance(models.Model):
+    """A projection (tests/test_rebuild.py): one row per stream, folded by a handler."""
+
+    stream = models.CharField(max_length=200, primary_key=True)
+    total = models.IntegerField(default=0)
+    events = models.IntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.stream}: {self.total}"
