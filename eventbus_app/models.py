@@ -195,11 +195,21 @@ class Delivery(models.Model):
     )
     created_at = models.DateTimeField(_("created at"), db_default=Now())
     finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    discard_reason = models.TextField(
+        _("discard reason"),
+        blank=True,
+        default="",
+        db_default="",
+        help_text=_("Why an operator discarded this dead letter (its last error is kept)."),
+    )
 
     class Meta:
         verbose_name = _("delivery")
         verbose_name_plural = _("deliveries")
-        permissions = [("retry_delivery", "Can retry deliveries")]
+        permissions = [
+            ("retry_delivery", "Can retry deliveries"),
+            ("discard_delivery", "Can discard dead letters"),
+        ]
         constraints = [
             models.UniqueConstraint(fields=["event", "handler"], name="eventbus_one_per_handler"),
         ]
@@ -217,6 +227,19 @@ class Delivery(models.Model):
                 fields=["handler", "stream", "position"],
                 name="eventbus_delivery_stream_idx",
                 condition=~models.Q(stream=""),
+            ),
+            # The console's overview: the last day's successes per handler, without reading
+            # every succeeded row (millions) to find them.
+            models.Index(
+                fields=["finished_at", "handler"],
+                name="eventbus_succeeded_idx",
+                condition=models.Q(status="succeeded"),
+            ),
+            # The overview's lag: the oldest claimable delivery.
+            models.Index(
+                fields=["created_at"],
+                name="eventbus_claimable_age_idx",
+                condition=models.Q(status__in=["pending", "failed", "running"]),
             ),
         ]
 
@@ -268,6 +291,10 @@ class DeliveryAttempt(models.Model):
         verbose_name = _("delivery attempt")
         verbose_name_plural = _("delivery attempts")
         ordering = ["delivery", "id"]
+        indexes = [
+            # The overview's last-24-hours failures and chart.
+            models.Index(fields=["recorded_at"], name="eventbus_attempt_recorded_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"attempt {self.attempt} of delivery #{self.delivery_id}: {self.outcome}"
@@ -290,13 +317,14 @@ class HandlerState(models.Model):
 
 
 class OperatorAction(models.Model):
-    """Audit record: who retried, replayed, paused or resumed what, and when."""
+    """Audit record: who retried, replayed, discarded, paused or resumed what, and when."""
 
     class Kind(models.TextChoices):
         RETRY = "retry", _("retry")
         REPLAY = "replay", _("replay")
         PAUSE = "pause", _("pause")
         RESUME = "resume", _("resume")
+        DISCARD = "discard", _("discard")
 
     id = models.BigAutoField(primary_key=True)
     kind = models.CharField(_("action"), max_length=16, choices=Kind.choices)

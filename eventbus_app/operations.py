@@ -1,6 +1,6 @@
 """Operator actions shared by the admin and the management commands.
 
-Retry, replay, pause and resume change our rows only (the dispatcher does the work in the
+Retry, replay, discard, pause and resume change our rows only (the dispatcher does the work in the
 background) and leave an ``OperatorAction`` audit record naming who did it. Each acts on the
 database it is given, else on the router's write database for its model (the one the
 admin's querysets come from), and tells the workers through ``tasks`` once it commits.
@@ -48,6 +48,10 @@ logger = logging.getLogger(__name__)
 
 Status = Delivery.Status
 REPLAYABLE = (Status.SUCCEEDED, Status.DEAD, Status.FAILED)
+# Dead letters; with include_failed (the held-streams page, --include-failed) also deliveries
+# still retrying, which hold an ordered handler's stream as long as a dead one does.
+DISCARDABLE = (Status.DEAD,)
+MAX_REASON = 2000
 
 
 def _nudge_after_commit(using: str) -> None:
@@ -71,6 +75,83 @@ def retry_deliveries(
         if count:
             _nudge_after_commit(using)
     return count
+
+
+def clean_reason(reason: str) -> str:
+    """The operator's reason, stripped; a ValueError saying what is wrong otherwise."""
+    text = (reason or "").strip()
+    if not text:
+        raise ValueError(
+            "A reason is required to discard: say why these deliveries will not be retried "
+            "(it is kept on each delivery and in the audit record)"
+        )
+    if len(text) > MAX_REASON:
+        raise ValueError(f"The reason is {len(text):,} characters long; at most {MAX_REASON:,}")
+    return text
+
+
+def discard_deliveries(
+    deliveries: Iterable[Any] | QuerySet[Any],
+    *,
+    reason: str,
+    actor: str,
+    using: str | None = None,
+    include_failed: bool = False,
+    detail: dict[str, Any] | None = None,
+) -> int:
+    """Mark dead letters (and, with ``include_failed``, failed deliveries) ``discarded``:
+    they never run again, their error and traceback are kept, ``reason`` is stored on each
+    and in an ``OperatorAction`` of kind ``discard``. A discarded delivery of an ordered
+    handler no longer holds its stream: the later ones are claimable at once.
+
+    Returns how many were discarded; others (pending, running, succeeded) are left alone.
+    Raises ValueError (and changes nothing) without a reason.
+    """
+    text = clean_reason(reason)
+    using = db_for(Delivery, using)
+    statuses = (*DISCARDABLE, Status.FAILED) if include_failed else DISCARDABLE
+    with transaction.atomic(using=using):
+        eligible = list(
+            Delivery.objects.using(using)
+            .select_for_update()
+            .filter(pk__in=ids_of(deliveries), status__in=statuses)
+            .values_list("pk", "event_id", "handler", "status", "stream")
+        )
+        if not eligible:
+            return 0
+        Delivery.objects.using(using).filter(pk__in=[row[0] for row in eligible]).update(
+            status=Status.DISCARDED,
+            discard_reason=text,
+            next_attempt_at=None,
+            finished_at=Now(),
+            lease_token=None,
+        )
+        OperatorAction.objects.using(using).bulk_create(
+            OperatorAction(
+                kind=OperatorAction.Kind.DISCARD,
+                actor=actor,
+                delivery_id=pk,
+                event_id=event_id,
+                handler=handler,
+                detail={"reason": text, "was": status, **(detail or {})},
+            )
+            for pk, event_id, handler, status, _ in eligible
+        )
+        # Later deliveries of a released stream are due now: tell the workers.
+        if any(stream for *_, stream in eligible):
+            _nudge_after_commit(using)
+    return len(eligible)
+
+
+def discard_group(
+    handler: str, error_class: str, *, reason: str, actor: str, using: str | None = None
+) -> int:
+    """Discard every dead letter of one failure group (handler and exception class)."""
+    using = db_for(Delivery, using)
+    ids = list(group_members(handler, error_class, using).values_list("pk", flat=True))
+    return discard_deliveries(
+        ids, reason=reason, actor=actor, using=using, detail={"group": error_class or "-"}
+    )
 
 
 def replay_handlers(event: OutboxEvent) -> list[str]:
@@ -299,10 +380,13 @@ def run_campaign(campaign_id: int, using: str | None = None, seconds: float = 10
 
 
 __all__ = [
+    "DISCARDABLE",
     "RETRYABLE",
     "active_campaigns",
     "advance_campaign",
     "cancel_campaign",
+    "discard_deliveries",
+    "discard_group",
     "failure_groups",
     "group_members",
     "pause_handler",

@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 Status = Delivery.Status
 RETRY_PERM = "eventbus_app.retry_delivery"
 REPLAY_PERM = "eventbus_app.replay_event"
+DISCARD_PERM = "eventbus_app.discard_delivery"
 
 
 def actor(request: HttpRequest) -> str:

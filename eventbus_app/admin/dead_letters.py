@@ -1,4 +1,5 @@
-"""Dead letters: the deliveries list narrowed to dead ones, with the failure groups page."""
+"""Dead letters: the deliveries list narrowed to dead ones, with the failure groups and
+held streams pages."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from ..models import DeadLetter
 from .common import EventTypeFilter, ExceptionFilter, HandlerFilter
 from .deliveries import DeliveryAdmin
 from .failure_groups import FailureGroupsPage
+from .held_streams import HeldStreamsPage
 
 logger = logging.getLogger(__name__)
 
 
 @admin.register(DeadLetter)
-class DeadLetterAdmin(FailureGroupsPage, DeliveryAdmin):
+class DeadLetterAdmin(FailureGroupsPage, HeldStreamsPage, DeliveryAdmin):
     list_display = [
         "id",
         "handler",
@@ -30,5 +32,5 @@ class DeadLetterAdmin(FailureGroupsPage, DeliveryAdmin):
     change_list_template = "admin/eventbus_app/deadletter/change_list.html"
 
     def get_urls(self) -> list[URLPattern]:
-        urls: list[Any] = self.failure_group_urls()
+        urls: list[Any] = [*self.failure_group_urls(), *self.held_stream_urls()]
         return urls + super().get_urls()

@@ -1,5 +1,6 @@
-"""Deliveries: the list, the read-only delivery page (traceback, attempt history) and
-retry (the action, and the page's *Retry this delivery* button)."""
+"""Deliveries: the list, the read-only delivery page (traceback, attempt history), retry
+(the action, and the page's *Retry this delivery* button) and discard (the action with its
+confirmation page, and the dead letter page's *Discard* form, both asking for a reason)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import logging
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.db.models import Prefetch, QuerySet, prefetch_related_objects
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
@@ -21,6 +24,7 @@ from django.views.decorators.http import require_POST
 from .. import operations
 from ..models import Delivery, OperatorAction, OutboxEvent
 from .common import (
+    DISCARD_PERM,
     RETRY_PERM,
     AuditRecordAdmin,
     EventTypeFilter,
@@ -73,7 +77,7 @@ class DeliveryAdmin(AuditRecordAdmin):
     )
     list_select_related = False  # DeliveryChangeList fetches the page's events
     ordering = ["-id"]
-    actions = ["retry"]
+    actions = ["retry", "discard"]
     list_per_page = 50
     change_form_template = "admin/eventbus_app/delivery/change_form.html"
     change_list_template = "admin/eventbus_app/delivery/change_list.html"
@@ -89,6 +93,7 @@ class DeliveryAdmin(AuditRecordAdmin):
         "finished_at",
         "error_class",
         "last_error",
+        "discard_reason",
     )
     readonly_fields = fields
 
@@ -146,6 +151,53 @@ class DeliveryAdmin(AuditRecordAdmin):
             messages.SUCCESS if count else messages.WARNING,
         )
 
+    def has_discard_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(DISCARD_PERM)
+
+    @admin.action(permissions=["discard"], description="Discard selected dead letters…")
+    def discard(self, request: HttpRequest, queryset: QuerySet[Delivery]) -> HttpResponse | None:
+        """Through a confirmation page that asks for the reason, like delete_selected."""
+        selected = queryset.count()
+        deliveries = list(
+            queryset.filter(status__in=operations.DISCARDABLE)
+            .select_related("event")
+            .defer("traceback", "event__payload")
+            .order_by("pk")
+        )
+        if not deliveries:
+            self.message_user(
+                request, "None of the selected deliveries is a dead letter.", messages.WARNING
+            )
+            return None
+        if request.POST.get("post") == "yes":
+            try:
+                count = operations.discard_deliveries(
+                    deliveries,
+                    reason=request.POST.get("reason", ""),
+                    actor=actor(request),
+                    using=write_db(Delivery),
+                )
+            except ValueError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+            else:
+                skipped = len(deliveries) - count
+                self.message_user(
+                    request,
+                    f"{plural(count, 'dead letter', 'dead letters')} discarded: "
+                    f"{'it' if count == 1 else 'they'} will not run again."
+                    + (f" {skipped:,} skipped (not dead)." if skipped else ""),
+                    messages.SUCCESS if count else messages.WARNING,
+                )
+                return None
+        return discard_confirmation(
+            self,
+            request,
+            deliveries=deliveries,
+            hidden={"action": "discard", helpers.ACTION_CHECKBOX_NAME: [d.pk for d in deliveries]},
+            cancel_url=reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_changelist"),
+            skipped=selected - len(deliveries),
+        )
+
     def get_urls(self) -> list[URLPattern]:
         info = self.opts.app_label, self.opts.model_name
         own = [
@@ -153,9 +205,36 @@ class DeliveryAdmin(AuditRecordAdmin):
                 "<int:pk>/retry/",
                 self.admin_site.admin_view(require_POST(self.retry_one_view)),
                 name=f"{info[0]}_{info[1]}_retry",
-            )
+            ),
+            path(
+                "<int:pk>/discard/",
+                self.admin_site.admin_view(require_POST(self.discard_one_view)),
+                name=f"{info[0]}_{info[1]}_discard",
+            ),
         ]
         return own + super().get_urls()
+
+    def discard_one_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        if not self.has_discard_permission(request):
+            raise PermissionDenied
+        try:
+            count = operations.discard_deliveries(
+                [pk],
+                reason=request.POST.get("reason", ""),
+                actor=actor(request),
+                using=write_db(Delivery),
+            )
+        except ValueError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+        else:
+            self.message_user(
+                request,
+                f"Delivery #{pk} discarded: it will not run again."
+                if count
+                else f"Delivery #{pk} is not a dead letter; nothing to discard.",
+                messages.SUCCESS if count else messages.WARNING,
+            )
+        return HttpResponseRedirect(reverse("admin:eventbus_app_delivery_change", args=[pk]))
 
     def retry_one_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         if not self.has_retry_permission(request):
@@ -199,5 +278,41 @@ class DeliveryAdmin(AuditRecordAdmin):
                 "operator_actions": delivery.operator_actions.all()[:50],
                 "can_retry": self.has_retry_permission(request)
                 and delivery.status in operations.RETRYABLE,
+                "can_discard": self.has_discard_permission(request)
+                and delivery.status in operations.DISCARDABLE,
             }
         return super().change_view(request, object_id, form_url, extra_context)
+
+
+def discard_confirmation(
+    model_admin: admin.ModelAdmin,
+    request: HttpRequest,
+    *,
+    deliveries: list[Delivery],
+    hidden: dict[str, Any],
+    cancel_url: str,
+    total: int | None = None,
+    group: str = "",
+    skipped: int = 0,
+) -> TemplateResponse:
+    """The page that asks "discard these?" and for the reason (the bulk action and a whole
+    failure group post it back with ``post=yes``)."""
+    fields = [
+        (name, value)
+        for name, values in hidden.items()
+        for value in (values if isinstance(values, list) else [values])
+    ]
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": "Discard dead letters?",
+        "opts": model_admin.opts,
+        "deliveries": deliveries[:20],
+        "total": len(deliveries) if total is None else total,
+        "group": group,
+        "skipped": skipped,
+        "hidden": fields,
+        "reason": request.POST.get("reason", ""),
+        "cancel_url": cancel_url,
+        "media": model_admin.media,
+    }
+    return TemplateResponse(request, "admin/eventbus_app/discard_confirmation.html", context)

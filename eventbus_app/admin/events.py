@@ -20,6 +20,7 @@ from django.utils import timezone
 from .. import operations
 from ..models import Delivery, OperatorAction, OutboxEvent
 from ..redaction import pretty, preview
+from ..streams.aggregate import aggregate_for_stream
 from .common import (
     REPLAY_PERM,
     RETRY_PERM,
@@ -39,6 +40,7 @@ from .queries import (
     search_events,
     timeline,
 )
+from .streams import StreamPage
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ SUMMARY_ORDER = (
     (Status.RUNNING, "running"),
     (Status.FAILED, "failed"),
     (Status.DEAD, "dead"),
+    (Status.DISCARDED, "discarded"),
 )
 
 
@@ -65,7 +68,7 @@ class EventChangeList(ChangeList):
 
 
 @admin.register(OutboxEvent)
-class OutboxEventAdmin(OverviewPage, AuditRecordAdmin):
+class OutboxEventAdmin(OverviewPage, StreamPage, AuditRecordAdmin):
     list_display = ["id", "event_type", "created", "correlation", "delivery_summary", "data"]
     list_filter = [OutboxEventTypeFilter, "created_at", DeliveryStateFilter]
     search_help_text = (
@@ -184,6 +187,7 @@ class OutboxEventAdmin(OverviewPage, AuditRecordAdmin):
                 name="eventbus_app_outboxevent_replay",
             ),
             *self.overview_urls(),
+            *self.stream_urls(),
         ]
         return own + super().get_urls()
 
@@ -234,5 +238,7 @@ class OutboxEventAdmin(OverviewPage, AuditRecordAdmin):
                 "tree": correlation_tree(event),
                 "can_replay": self.has_replay_permission(request),
                 "can_retry": request.user.has_perm(RETRY_PERM),
+                "has_aggregate": bool(event.stream)
+                and aggregate_for_stream(event.stream) is not None,
             }
         return super().change_view(request, object_id, form_url, extra_context)

@@ -1,5 +1,6 @@
 """The failure groups page: dead letters grouped by handler and exception class, *Retry
-all*, canary retries and their cancel button. Its URLs hang under the dead-letter admin."""
+all*, canary retries and their cancel button, *Discard all…* (through a confirmation page
+asking for the reason). Its URLs hang under the dead-letter admin."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from django.views.decorators.http import require_POST
 
 from .. import operations
 from ..models import Delivery, RetryCampaign
-from .common import RETRY_PERM, actor, plural, write_db
+from .common import DISCARD_PERM, RETRY_PERM, actor, plural, write_db
+from .deliveries import discard_confirmation
 from .overview import can_view_console
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,11 @@ class FailureGroupsPage(admin.ModelAdmin):
                 "groups/retry/",
                 self.admin_site.admin_view(require_POST(self.group_retry_view)),
                 name="eventbus_app_deadletter_group_retry",
+            ),
+            path(
+                "groups/discard/",
+                self.admin_site.admin_view(require_POST(self.group_discard_view)),
+                name="eventbus_app_deadletter_group_discard",
             ),
             path(
                 "groups/cancel/",
@@ -63,8 +70,50 @@ class FailureGroupsPage(admin.ModelAdmin):
             # No JavaScript: the page reloads itself while a canary retry runs.
             "has_active_campaign": any(c.active for c in campaigns),
             "can_retry": request.user.has_perm(RETRY_PERM),
+            "can_discard": request.user.has_perm(DISCARD_PERM),
         }
         return TemplateResponse(request, "admin/eventbus_app/failure_groups.html", context)
+
+    def group_discard_view(self, request: HttpRequest) -> HttpResponse:
+        """First POST: the confirmation page; with ``post=yes`` and a reason: discard."""
+        if not request.user.has_perm(DISCARD_PERM):
+            raise PermissionDenied
+        handler = request.POST.get("handler", "")
+        error_class = request.POST.get("error_class", "")
+        using = write_db(Delivery)
+        label = f"{handler} / {error_class or '-'}"
+        if request.POST.get("post") == "yes":
+            try:
+                count = operations.discard_group(
+                    handler,
+                    error_class,
+                    reason=request.POST.get("reason", ""),
+                    actor=actor(request),
+                    using=using,
+                )
+            except ValueError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+            else:
+                self.message_user(
+                    request,
+                    f"{plural(count, 'dead letter', 'dead letters')} of {label} discarded.",
+                    messages.SUCCESS if count else messages.WARNING,
+                )
+                return HttpResponseRedirect(reverse("admin:eventbus_app_deadletter_groups"))
+        members = operations.group_members(handler, error_class, using)
+        return discard_confirmation(
+            self,
+            request,
+            deliveries=list(
+                members.select_related("event")
+                .defer("traceback", "event__payload")
+                .order_by("finished_at", "pk")[:20]
+            ),
+            total=members.count(),
+            group=label,
+            hidden={"handler": handler, "error_class": error_class},
+            cancel_url=reverse("admin:eventbus_app_deadletter_groups"),
+        )
 
     def group_retry_view(self, request: HttpRequest) -> HttpResponse:
         if not request.user.has_perm(RETRY_PERM):

@@ -349,3 +349,152 @@ def overview_figures(using: str | None = None) -> dict[str, Any]:
         "campaigns": RetryCampaign.objects.using(using).all()[:10],
         "recent_actions": OperatorAction.objects.using(using).select_related("event")[:15],
     }
+
+
+# --- ordered handlers' streams -----------------------------------------------------------
+
+HELD_LIMIT = 200
+STREAM_PAGE = 100
+
+
+def held_streams(using: str | None = None, limit: int = HELD_LIMIT) -> list[dict[str, Any]]:
+    """Streams an ordered handler cannot make progress on, oldest first: the stream's first
+    unsettled delivery (its *head*, which the dispatcher's claim waits on) is failed or dead,
+    or it is pending/running with later deliveries waiting behind it.
+
+    Two grouped queries and one for the heads. Only unsettled deliveries of ordered
+    handlers' streams are read (``eventbus_delivery_stream_idx``, or the state indexes),
+    never the settled history; ``waiting`` counts the unsettled ones behind each head."""
+    using = using or router.db_for_read(Delivery)
+    ordered = sorted(name for name, spec in all_handlers().items() if spec.ordered)
+    if not ordered:
+        return []
+    unsettled = [s for s in Status.values if s not in Delivery.SETTLED]
+    failing = [Status.FAILED, Status.DEAD]
+    groups = list(
+        Delivery.objects.using(using)
+        .filter(handler__in=ordered, status__in=unsettled)
+        .exclude(stream="")
+        .order_by()
+        .values("handler", "stream")
+        .annotate(
+            head=Min("position"),
+            unsettled=Count("id"),
+            failing=Count("id", filter=Q(status__in=failing)),
+            oldest=Min("created_at"),
+        )
+        # A lone pending or running head is a stream at work, not a held one.
+        .filter(Q(unsettled__gt=1) | Q(failing__gt=0))
+        .order_by("oldest", "handler", "stream")[:limit]
+    )
+    if not groups:
+        return []
+    match = Q()
+    for g in groups:
+        match |= Q(handler=g["handler"], stream=g["stream"], position=g["head"])
+    heads = {
+        (d.handler, d.stream): d
+        for d in Delivery.objects.using(using)
+        .filter(match)
+        .select_related("event")
+        .defer("traceback", "event__payload")
+    }
+    # Since when: the head's first failure in its current round (a retry that failed again
+    # did not release the stream), else when it was created.
+    first_failure: dict[tuple[int, int], Any] = dict(
+        ((row["delivery_id"], row["replays"]), row["first"])
+        for row in DeliveryAttempt.objects.using(using)
+        .filter(delivery_id__in=[d.pk for d in heads.values() if d.status in failing])
+        .order_by()
+        .values("delivery_id", "replays")
+        .annotate(first=Min("recorded_at"))
+    )
+    rows = []
+    for g in groups:
+        head = heads.get((g["handler"], g["stream"]))
+        if head is None:  # settled between the two queries
+            continue
+        waiting = g["unsettled"] - 1
+        if head.status not in failing and waiting == 0:
+            continue
+        since = first_failure.get((head.pk, head.replays)) or (
+            head.finished_at if head.status == Status.DEAD else None
+        )
+        rows.append(
+            {
+                "handler": g["handler"],
+                "stream": g["stream"],
+                "delivery": head,
+                "waiting": waiting,
+                "since": since or head.created_at,
+                "failing": head.status in failing,
+            }
+        )
+    return rows
+
+
+def stream_page(
+    stream: str, using: str | None = None, *, start: int = 1, size: int = STREAM_PAGE
+) -> dict[str, Any]:
+    """The events of ``stream`` from position ``start`` (``size`` of them), payloads
+    redacted, and, when an Aggregate class is registered for the stream's prefix, its state
+    after each one (folded up to ``start - 1`` first, snapshots allowed, then one event at a
+    time). A fold that fails (no applier, a payload that no longer fits) is reported at the
+    event where it failed; the states after it are unknown and not shown."""
+    from ..codec import encode_fields
+    from ..dispatch.execute import load_event
+    from ..redaction import pretty
+    from ..streams.aggregate import aggregate_for_stream
+
+    using = using or router.db_for_read(OutboxEvent)
+    events = list(
+        OutboxEvent.objects.using(using)
+        .filter(stream=stream, position__gte=start)
+        .order_by("position")[: size + 1]
+    )
+    more = len(events) > size
+    events = events[:size]
+    last = (
+        OutboxEvent.objects.using(using).filter(stream=stream).aggregate(m=Max("position"))["m"]
+        or 0
+    )
+    found = aggregate_for_stream(stream)
+    aggregate_name = ""
+    aggregate = None
+    fold_error = ""
+    if found is not None:
+        cls, aggregate_id = found
+        aggregate_name = f"{cls.__module__}.{cls.__qualname__}"
+        try:
+            aggregate = cls.load(aggregate_id, version=start - 1, using=using)
+        except Exception as exc:  # whatever an applier or a stored payload raises
+            fold_error = f"{type(exc).__name__}: {exc}"
+    rows = []
+    previous = encode_fields(aggregate) if aggregate is not None else None
+    for record in events:
+        row: dict[str, Any] = {"event": record, "payload": pretty(record.payload)}
+        if aggregate is not None:
+            try:
+                aggregate.apply(load_event(record))
+            except Exception as exc:
+                fold_error = f"position {record.position}: {type(exc).__name__}: {exc}"
+                row["error"] = fold_error
+                aggregate = None
+            else:
+                state = encode_fields(aggregate)
+                row["state"] = pretty(state)
+                row["changed"] = sorted(
+                    k for k in state if previous is None or previous.get(k) != state.get(k)
+                )
+                previous = state
+        rows.append(row)
+    return {
+        "stream": stream,
+        "rows": rows,
+        "last_position": last,
+        "start": start,
+        "next_start": events[-1].position + 1 if more and events else None,
+        "previous_start": max(1, start - size) if start > 1 else None,
+        "aggregate_name": aggregate_name,
+        "fold_error": fold_error,
+    }

@@ -41,6 +41,7 @@ def check_handlers(names: list[str], using: str) -> None:
 
 
 class Command(BaseCommand):
+    verb = "retry"  # eventbus_discard shares the selection
     help = (
         "Send dead letters (and, with --include-failed, failed deliveries) back to pending, "
         "due now with a fresh set of attempts; a worker runs them in the background. Select "
@@ -94,8 +95,8 @@ class Command(BaseCommand):
         filters = ("ids", "handler", "event_type", "exception", "older_than", "newer_than")
         if not options["all"] and not any(options[f] for f in filters):
             raise CommandError(
-                "Say what to retry: --id, --handler, --event-type, --exception, --older-than "
-                "or --newer-than (combined with AND), or --all for every dead letter."
+                f"Say what to {self.verb}: --id, --handler, --event-type, --exception, "
+                "--older-than or --newer-than (combined with AND), or --all for every dead letter."
             )
         statuses = [Status.DEAD, Status.FAILED] if options["include_failed"] else [Status.DEAD]
         qs = (
@@ -133,25 +134,27 @@ class Command(BaseCommand):
             qs = qs.filter(failed_at__gte=now - parse_age(options["newer_than"], "--newer-than"))
         return qs.order_by("pk")
 
+    def report_missing_ids(self, options: dict[str, Any], found: set[int]) -> None:
+        """Say why an ``--id`` asked for is not in the selection."""
+        for pk in options["ids"]:
+            if pk not in found:
+                state = (
+                    Delivery.objects.using(options["database"])
+                    .filter(pk=pk)
+                    .values_list("status", flat=True)
+                    .first()
+                )
+                self.stderr.write(
+                    f"Skipped delivery #{pk}: "
+                    + (f"it is {state}, not a match" if state else "no such delivery")
+                )
+
     def handle(self, *args: Any, **options: Any) -> None:
         if options["batch_size"] < 1:
             raise CommandError(f"--batch-size must be at least 1, got {options['batch_size']}")
         qs = self.select(options)
         deliveries = list(qs)
-        if options["ids"]:
-            found = {d.pk for d in deliveries}
-            for pk in options["ids"]:
-                if pk not in found:
-                    state = (
-                        Delivery.objects.using(options["database"])
-                        .filter(pk=pk)
-                        .values_list("status", flat=True)
-                        .first()
-                    )
-                    self.stderr.write(
-                        f"Skipped delivery #{pk}: "
-                        + (f"it is {state}, not a match" if state else "no such delivery")
-                    )
+        self.report_missing_ids(options, {d.pk for d in deliveries})
         if options["dry_run"]:
             for d in deliveries:
                 self.stdout.write(
