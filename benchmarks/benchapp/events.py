@@ -27,3 +27,21 @@ class Written(Event, event_type="bench.Written"):
     """Four handlers that each insert one row: effectively-once work."""
 
     ref: int
+
+
+class Credit(Event, event_type="bench.Credit"):
+    """The event-sourcing workload: appended to account streams."""
+
+    amount: int
+
+
+class Lap(Event, event_type="bench.Lap"):
+    """Ordered vs unordered delivery: one handler each (both no-op)."""
+
+    n: int
+
+
+class LapFree(Event, event_type="bench.LapFree"):
+    """The same workload for an unordered handler."""
+
+    n: int

@@ -6,8 +6,8 @@ import time
 
 from eventbus_app import current_delivery, handler
 
-from .events import Bulk, OrderPlaced, Ping, Written
-from .models import Mark, Row
+from .events import Bulk, Credit, Lap, LapFree, OrderPlaced, Ping, Written
+from .models import Ledger, Mark, Row
 
 
 @handler(OrderPlaced, name="bench.noop1")
@@ -65,3 +65,30 @@ def write3(event: Written) -> None:
 @handler(Written, name="bench.write4")
 def write4(event: Written) -> None:
     _write(4, event)
+
+
+@handler(Lap, name="bench.lap_ordered", ordered=True)
+def lap_ordered(event: Lap) -> None:
+    pass
+
+
+@handler(LapFree, name="bench.lap_free")
+def lap_free(event: LapFree) -> None:
+    pass
+
+
+@handler(Credit, name="bench.ledger", writes=[Ledger])
+def ledger(event: Credit) -> None:
+    """A projection for the rebuild measurement (an upsert by stream)."""
+    from django.db.models import F
+
+    from eventbus_app.models import OutboxEvent
+
+    ctx = current_delivery()
+    using = ctx.using if ctx else "default"
+    stream = OutboxEvent.objects.using(using).values_list("stream", flat=True).get(
+        pk=ctx.event_id if ctx else 0
+    )
+    updated = Ledger.objects.using(using).filter(pk=stream).update(total=F("total") + event.amount)
+    if not updated:
+        Ledger.objects.using(using).create(stream=stream, total=event.amount)

@@ -35,3 +35,13 @@ class Row(models.Model):
 
     def __str__(self) -> str:
         return f"row {self.handler}/{self.ref}"
+
+
+class Ledger(models.Model):
+    """The rebuild workload's projection: one row per stream."""
+
+    stream = models.CharField(max_length=200, primary_key=True)
+    total = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.stream}: {self.total}"
