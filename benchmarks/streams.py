@@ -27,7 +27,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = {
     "smoke": {"rounds": 30, "stream": 500, "streams": 50, "per_stream": 5, "rebuild": 1_000},
-    "full": {"rounds": 500, "stream": 10_000, "streams": 1_000, "per_stream": 20, "rebuild": 20_000},
+    "full": {
+        "rounds": 500,
+        "stream": 10_000,
+        "streams": 1_000,
+        "per_stream": 20,
+        "rebuild": 20_000,
+    },
 }
 
 
