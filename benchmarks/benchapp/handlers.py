@@ -86,8 +86,10 @@ def ledger(event: Credit) -> None:
 
     ctx = current_delivery()
     using = ctx.using if ctx else "default"
-    stream = OutboxEvent.objects.using(using).values_list("stream", flat=True).get(
-        pk=ctx.event_id if ctx else 0
+    stream = (
+        OutboxEvent.objects.using(using)
+        .values_list("stream", flat=True)
+        .get(pk=ctx.event_id if ctx else 0)
     )
     updated = Ledger.objects.using(using).filter(pk=stream).update(total=F("total") + event.amount)
     if not updated:
