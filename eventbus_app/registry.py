@@ -7,6 +7,7 @@ refactors that keep it.
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,18 @@ class HandlerSpec:
     timeout: float | None = None
     ordered: bool = False
     writes: tuple[Any, ...] = ()  # the models a projection writes (eventbus_rebuild --shadow)
+    # fnmatch patterns of event types (relays: "shop.*"); empty: every subclass of event_cls.
+    event_types: tuple[str, ...] = ()
+    # Exceptions that retry / dead-letter at once (@handler(retry_on=, dead_on=)).
+    retry_on: tuple[type[BaseException], ...] = ()
+    dead_on: tuple[type[BaseException], ...] = ()
+
+    def accepts(self, event_cls: type[Event]) -> bool:
+        if not issubclass(event_cls, self.event_cls):
+            return False
+        return not self.event_types or any(
+            fnmatch.fnmatchcase(event_cls.event_type, p) for p in self.event_types
+        )
 
     @property
     def location(self) -> str:
@@ -49,6 +62,8 @@ def handler(
     timeout: float | None = None,
     ordered: bool = False,
     writes: Sequence[Any] = (),
+    retry_on: Sequence[type[BaseException]] = (),
+    dead_on: Sequence[type[BaseException]] = (),
 ) -> Callable[[F], F]:
     """Register the decorated function (sync or ``async def``) to run for ``event_cls``.
 
@@ -60,9 +75,19 @@ def handler(
     of its stream (only) until it succeeds or an operator retries or discards it.
     ``writes=[Model, ...]``: the models a projection handler writes, so that
     ``manage.py eventbus_rebuild NAME --shadow`` can rebuild them beside the live ones.
+    ``dead_on=(ValidationError, ...)``: these errors dead-letter the delivery at once;
+    ``retry_on=(TimeoutError, ...)``: only these are retried, any other error dead-letters
+    at once (``dead_on`` wins where both match; ``PermanentError`` is always final).
     """
     if not isinstance(ordered, bool):
         raise HandlerRegistrationError(f"ordered must be True or False, got {ordered!r}")
+    for label, classes in (("retry_on", retry_on), ("dead_on", dead_on)):
+        if isinstance(classes, type) or not all(
+            isinstance(c, type) and issubclass(c, BaseException) for c in classes
+        ):
+            raise HandlerRegistrationError(
+                f"{label} takes a tuple of exception classes, got {classes!r}"
+            )
     for model in writes:
         if not (isinstance(model, type) and hasattr(model, "_meta")):
             raise HandlerRegistrationError(
@@ -107,6 +132,8 @@ def handler(
             timeout=timeout,
             ordered=ordered,
             writes=tuple(writes),
+            retry_on=tuple(retry_on),
+            dead_on=tuple(dead_on),
         )
         if not spec.name or len(spec.name) > 255:
             raise HandlerRegistrationError(f"handler name must be 1-255 characters: {spec.name!r}")
@@ -140,13 +167,28 @@ def _check_takes_the_event(func: Callable[..., Any], event_cls: type[Event]) -> 
         ) from None
 
 
+def register_spec(spec: HandlerSpec) -> HandlerSpec:
+    """Register a handler built in code (relays register theirs this way at start-up);
+    the same name rules as @handler."""
+    if not spec.name or len(spec.name) > 255:
+        raise HandlerRegistrationError(f"handler name must be 1-255 characters: {spec.name!r}")
+    existing = _handlers.get(spec.name)
+    if existing is not None and existing.location != spec.location:
+        raise HandlerRegistrationError(
+            f"handler name {spec.name!r} is taken by {existing.location}; "
+            f"{spec.location} needs another name"
+        )
+    _handlers[spec.name] = spec
+    return spec
+
+
 def get_handler(name: str) -> HandlerSpec | None:
     return _handlers.get(name)
 
 
 def handlers_for(event_cls: type[Event]) -> list[HandlerSpec]:
     """Handlers registered for ``event_cls`` or one of its Event base classes."""
-    return [spec for spec in _handlers.values() if issubclass(event_cls, spec.event_cls)]
+    return [spec for spec in _handlers.values() if spec.accepts(event_cls)]
 
 
 def all_handlers() -> dict[str, HandlerSpec]:

@@ -559,3 +559,34 @@ def test_fan_out_leases_fresh_deliveries_to_itself_except_paused_handlers() -> N
     assert claim()[1] == []  # leased rows are not claimable again; the paused one waits
     assert deliver("default", token, leased).delivered == 1
     assert Effect.objects.filter(handler="testapp.record").count() == 1
+
+
+def test_retry_on_and_dead_on_choose_which_errors_retry(register: Any) -> None:
+    from django.core.exceptions import ValidationError
+
+    from eventbus_app import HandlerRegistrationError, handler
+
+    class Charge(Event, event_type="t.Charge"):
+        kind: str
+
+    @register(Charge, name="t.charge", dead_on=(ValidationError,), retry_on=(TimeoutError,))
+    def charge(event: Charge) -> None:
+        if event.kind == "invalid":
+            raise ValidationError("card number is not valid")
+        if event.kind == "slow":
+            raise TimeoutError("the provider did not answer")
+        raise KeyError("unexpected")
+
+    invalid, slow, other = (emit(Charge(kind=k)) for k in ("invalid", "slow", "other"))
+    from eventbus_app.dispatch import fan_out_leased
+
+    _, token, leased = fan_out_leased()
+    deliver("default", token, leased)
+    by_event = {d.event_id: d for d in Delivery.objects.filter(handler="t.charge")}
+    assert (by_event[invalid.pk].status, by_event[invalid.pk].attempts) == (Status.DEAD, 1)
+    assert "in t.charge's dead_on" in by_event[invalid.pk].last_error
+    assert by_event[slow.pk].status == Status.FAILED  # retried
+    assert by_event[other.pk].status == Status.DEAD
+    assert "not in t.charge's retry_on" in by_event[other.pk].last_error
+    with pytest.raises(HandlerRegistrationError, match="retry_on takes a tuple"):
+        handler(Charge, retry_on=TimeoutError)  # type: ignore[arg-type]

@@ -58,11 +58,20 @@ class Failure:
     ) -> Failure:
         """``attempt`` is the number of the attempt that failed (1-based)."""
         permanent = isinstance(exc, PermanentError)
+        if spec is not None and not permanent:
+            if spec.dead_on and isinstance(exc, spec.dead_on):
+                permanent = True
+                why = f"{type(exc).__name__} is in {spec.name}'s dead_on"
+            elif spec.retry_on and not isinstance(exc, spec.retry_on):
+                permanent = True
+                why = f"{type(exc).__name__} is not in {spec.name}'s retry_on"
         dead = permanent or attempt >= max_attempts(spec)
         if not error:
             error = f"{type(exc).__name__}: {exc}"
-            if permanent:
+            if isinstance(exc, PermanentError):
                 error += "\n(This error is permanent: retrying cannot help, so it was not retried.)"
+            elif permanent:
+                error += f"\n(Not retried: {why}.)"
         return cls(
             error=storable(error),
             error_class=storable(f"{type(exc).__module__}.{type(exc).__qualname__}"),
