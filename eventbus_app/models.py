@@ -452,3 +452,23 @@ class WorkerRegistry(models.Model):
 
     def __str__(self) -> str:
         return f"registry {self.fingerprint[:12]} (last seen {self.last_seen:%Y-%m-%d %H:%M})"
+
+
+class HandlerThrottle(models.Model):
+    """An operator's "at most ``rate`` per second" for one handler, honoured by every
+    worker: a token bucket in the database (``tokens`` refill at ``rate`` per second, up to
+    one second's worth), spent by claims under the row's lock."""
+
+    handler = models.CharField(_("handler"), max_length=255, primary_key=True)
+    rate = models.FloatField(_("deliveries per second"))
+    tokens = models.FloatField(_("tokens"), default=0.0)
+    refilled_at = models.DateTimeField(_("refilled at"), db_default=Now())
+    changed_by = models.CharField(_("changed by"), max_length=150, blank=True, default="")
+    changed_at = models.DateTimeField(_("changed at"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("handler throttle")
+        verbose_name_plural = _("handler throttles")
+
+    def __str__(self) -> str:
+        return f"{self.handler}: at most {self.rate:g}/s"
