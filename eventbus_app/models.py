@@ -325,6 +325,7 @@ class OperatorAction(models.Model):
         PAUSE = "pause", _("pause")
         RESUME = "resume", _("resume")
         DISCARD = "discard", _("discard")
+        THROTTLE = "throttle", _("throttle")
 
     id = models.BigAutoField(primary_key=True)
     kind = models.CharField(_("action"), max_length=16, choices=Kind.choices)
