@@ -93,6 +93,23 @@ class OutboxEvent(models.Model):
         blank=True,
         help_text=_("When its deliveries were created; empty until the dispatcher sees it."),
     )
+    deliver_after = models.DateTimeField(
+        _("deliver after"),
+        null=True,
+        blank=True,
+        help_text=_(
+            "emit(deliver_after=...): its deliveries are not run before this moment; "
+            "empty: at once."
+        ),
+    )
+    emitted_by = models.CharField(
+        _("emitted by"),
+        max_length=255,
+        blank=True,
+        default="",
+        db_default="",
+        help_text=_("The handler whose delivery emitted it; empty outside a handler."),
+    )
 
     class Meta:
         verbose_name = _("event")
