@@ -87,6 +87,17 @@ class OutboxEvent(models.Model):
         blank=True,
         help_text=_("1-based and gap-free within its stream."),
     )
+    source = models.CharField(
+        _("source"),
+        max_length=200,
+        blank=True,
+        default="",
+        db_default="",
+        help_text=_(
+            'Empty for a local event; the name of the source (EVENTBUS["SOURCES"]) it was '
+            "received from, for one another service sent."
+        ),
+    )
     dispatched_at = models.DateTimeField(
         _("fanned out at"),
         null=True,
