@@ -590,3 +590,48 @@ def test_retry_on_and_dead_on_choose_which_errors_retry(register: Any) -> None:
     assert "not in t.charge's retry_on" in by_event[other.pk].last_error
     with pytest.raises(HandlerRegistrationError, match="retry_on takes a tuple"):
         handler(Charge, retry_on=TimeoutError)  # type: ignore[arg-type]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_throttled_handler_runs_at_most_its_rate_and_its_neighbours_do_not_wait(
+    register: Any,
+) -> None:
+    import itertools
+    import time as clock
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from eventbus_app.models import OperatorAction
+
+    class Call(Event, event_type="t.Call"):
+        n: int
+
+    started: list[float] = []
+
+    @register(Call, name="t.api")
+    def api(event: Call) -> None:
+        started.append(clock.monotonic())
+
+    @register(Call, name="t.local")
+    def local(event: Call) -> None: ...
+
+    call_command("eventbus_throttle", "t.api", "--rate", "5", stdout=StringIO())
+    with transaction.atomic():
+        for n in range(8):
+            emit(Call(n=n))
+    began = clock.monotonic()
+    counts = drain()
+    assert counts["delivered"] == 16
+    # 8 runs at 5/s with a one-second bucket: the last starts about 0.6 s or more later.
+    assert started[-1] - started[0] >= 0.5
+    gaps = [b - a for a, b in itertools.pairwise(started[1:])]
+    assert max(gaps) >= 0.1
+    assert clock.monotonic() - began < 10
+    local_done = Delivery.objects.filter(handler="t.local", status=Status.SUCCEEDED).count()
+    assert local_done == 8
+    assert OperatorAction.objects.filter(kind="throttle", handler="t.api").exists()
+    call_command("eventbus_throttle", "t.api", "--off", stdout=StringIO())
+    from eventbus_app.throttle import throttles
+
+    assert throttles() == {}

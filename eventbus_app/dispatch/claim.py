@@ -29,7 +29,7 @@ from django.db.models.functions import Now
 
 from ..conf import eventbus_settings
 from ..exceptions import AttemptUnfinished
-from ..models import Delivery, DeliveryAttempt, HandlerState
+from ..models import Delivery, DeliveryAttempt, HandlerState, HandlerThrottle
 from ..registry import all_handlers, get_handler
 from .fleet import fleet
 from .retry import Failure
@@ -46,13 +46,19 @@ def paused_handlers(using: str) -> list[str]:
 
 
 def claim(
-    using: str = "default", limit: int | None = None, *, isolated: bool = False
+    using: str = "default",
+    limit: int | None = None,
+    *,
+    isolated: bool = False,
+    handler: str | None = None,
 ) -> tuple[uuid.UUID, list[Delivery]]:
     """Lease up to ``limit`` due deliveries; returns the lease token and the deliveries.
 
     ``isolated``: claim one delivery flagged to run alone (and only such); otherwise only
-    unflagged ones. One UPDATE whose subquery picks (and, where the database can, locks
-    with SKIP LOCKED) the due rows of unpaused handlers, then one SELECT of what it leased.
+    unflagged ones. ``handler``: only that (throttled) handler's; otherwise throttled
+    handlers are left to :func:`claim_throttled`. One UPDATE whose subquery picks (and,
+    where the database can, locks with SKIP LOCKED) the due rows of unpaused handlers, then
+    one SELECT of what it leased.
     """
     limit = 1 if isolated else (limit or eventbus_settings.BATCH_SIZE)
     token = uuid.uuid4()
@@ -66,6 +72,10 @@ def claim(
         # An expired lease whose attempt had started is settled by reclaim_unfinished().
         .exclude(status=Status.RUNNING, in_flight__gt=0)
     )
+    if handler is not None:
+        picked = picked.filter(handler=handler)
+    else:
+        picked = picked.exclude(handler__in=HandlerThrottle.objects.using(using).values("handler"))
     # Handlers another live worker has and this one does not wait for that worker.
     others = fleet(using).others_handlers
     if others:
@@ -126,6 +136,46 @@ def _heads_only(rows: QuerySet[Delivery], using: str) -> QuerySet[Delivery]:
         .exclude(status__in=Delivery.SETTLED)
     )
     return rows.exclude(Q(handler__in=ordered) & ~Q(stream="") & Exists(earlier))
+
+
+def claim_throttled(using: str = "default") -> tuple[list[tuple[uuid.UUID, list[Delivery]]], float]:
+    """Claims for throttled handlers, each within what its token bucket allows now. Returns
+    the claims and, when throttled work is left waiting, the seconds until the next token
+    (else 0). A bucket holds at most one second's worth (and at least one token); its row
+    lock (SKIP LOCKED) makes the rate hold across all workers."""
+    claims: list[tuple[uuid.UUID, list[Delivery]]] = []
+    wait = 0.0
+    for handler, rate in HandlerThrottle.objects.using(using).values_list("handler", "rate"):
+        with transaction.atomic(using=using):
+            bucket = (
+                HandlerThrottle.objects.using(using)
+                .select_for_update(skip_locked=True)
+                .filter(handler=handler)
+                .annotate(db_now=Now())
+                .first()
+            )
+            if bucket is None:
+                continue  # another worker is spending this bucket right now
+            elapsed = max((bucket.db_now - bucket.refilled_at).total_seconds(), 0.0)
+            capacity = max(rate, 1.0)
+            tokens = min(capacity, bucket.tokens + rate * elapsed)
+            token, rows = (
+                claim(using, limit=int(tokens), handler=handler) if tokens >= 1 else (None, [])
+            )
+            tokens -= len(rows)
+            HandlerThrottle.objects.using(using).filter(handler=handler).update(
+                tokens=tokens, refilled_at=bucket.db_now
+            )
+        if rows and token is not None:
+            claims.append((token, rows))
+        elif rate > 0:
+            due = Delivery.objects.using(using).filter(
+                handler=handler, status__in=Delivery.CLAIMABLE, next_attempt_at__lte=Now()
+            )
+            if due.exists():
+                step = (1.0 - tokens) / rate
+                wait = step if not wait else min(wait, step)
+    return claims, wait
 
 
 def leased(using: str, token: uuid.UUID) -> list[Delivery]:

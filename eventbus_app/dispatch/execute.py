@@ -89,6 +89,7 @@ class Counts:
     released: int = 0
     settled: int = 0  # unfinished attempts found and settled (claim.reclaim_unfinished)
     errors: int = 0
+    throttle_wait: float = 0.0  # throttled work waits this long for its next token
     more: bool = False  # stopped by the time budget with work still due
     full: bool = False  # a batch came back full: a backlog more workers could share
 

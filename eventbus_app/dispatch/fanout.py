@@ -82,7 +82,8 @@ def _fan_out(using: str, limit: int | None, token: uuid.UUID | None) -> tuple[in
         )
         if not events:
             return 0, []
-        paused = set(paused_handlers(using)) if token is not None else set()
+        # Paused handlers' deliveries wait; throttled ones are claimed within their rate.
+        paused = set(paused_handlers(using)) | throttled_handlers(using) if token else set()
         rows: list[Row] = []
         names_by_type: dict[str, list[tuple[str, bool]]] = {}  # once per type and batch
         for event in events:
@@ -111,6 +112,12 @@ def _fan_out(using: str, limit: int | None, token: uuid.UUID | None) -> tuple[in
     if not postgres:
         leased = claimed(using, token) if token is not None else []
     return len(events), leased
+
+
+def throttled_handlers(using: str) -> set[str]:
+    from ..models import HandlerThrottle
+
+    return set(HandlerThrottle.objects.using(using).values_list("handler", flat=True))
 
 
 def _routes(using: str, event_type: str) -> list[tuple[str, bool]]:

@@ -11,7 +11,7 @@ from django.db import DatabaseError, connections
 
 from ..conf import eventbus_settings
 from ..exceptions import EventBusError
-from .claim import claim, reclaim_unfinished
+from .claim import claim, claim_throttled, reclaim_unfinished
 from .execute import Counts, deliver
 from .fanout import fan_out_leased
 
@@ -56,6 +56,10 @@ def run_once(using: str = "default", counts: Counts | None = None) -> Counts:
     token, claimed = claim(using)
     if claimed:
         deliver(using, token, claimed, claimed_at=claimed_at, counts=counts)
+    claimed_at = time.monotonic()
+    throttled, counts.throttle_wait = claim_throttled(using)
+    for token, rows in throttled:
+        deliver(using, token, rows, claimed_at=claimed_at, counts=counts)
     alone: list[object] = []
     settled = 0
     now = time.monotonic()
@@ -68,7 +72,7 @@ def run_once(using: str = "default", counts: Counts | None = None) -> Counts:
         if isolated:
             deliver(using, token, isolated, claimed_at=claimed_at, counts=counts)
         alone = list(isolated)
-    counts.more = bool(counts.fanned_out or claimed or alone or settled)
+    counts.more = bool(counts.fanned_out or claimed or alone or settled or throttled)
     batch = eventbus_settings.BATCH_SIZE
     counts.full = counts.full or len(claimed) >= batch or fanned_out >= batch
     return counts
@@ -109,8 +113,14 @@ def run(
             time.sleep(min(0.1 * 2**consecutive_errors, 2.0))
             continue
         consecutive_errors = 0
+        if not step.more and step.throttle_wait:
+            # Only throttled work is left: wait for its next token (within the budget).
+            left = deadline - time.monotonic() if deadline is not None else step.throttle_wait
+            if left > 0:
+                time.sleep(min(step.throttle_wait, left))
+                continue
         if not step.more:
-            total.more = False
+            total.more = bool(step.throttle_wait)
             return total
         if deadline is not None and time.monotonic() >= deadline:
             total.more = True
