@@ -121,6 +121,14 @@ class OutboxEvent(models.Model):
         db_default="",
         help_text=_("The handler whose delivery emitted it; empty outside a handler."),
     )
+    traceparent = models.CharField(
+        _("trace context"),
+        max_length=55,
+        blank=True,
+        default="",
+        db_default="",
+        help_text=_("W3C traceparent of the span that emitted it (OpenTelemetry, optional)."),
+    )
 
     class Meta:
         verbose_name = _("event")

@@ -39,7 +39,7 @@ from django.db import DatabaseError, connections, transaction
 from django.db.models import F
 from django.db.models.functions import Now
 
-from .. import signals
+from .. import signals, telemetry
 from ..conf import eventbus_settings
 from ..context import DeliveryContext, _current, _stopped
 from ..events import Event, event_class
@@ -166,6 +166,7 @@ class _Batch:
         self.pending_since = 0.0
         self.ran = 0
         self.limiter = Limiter(using)
+        self._span = telemetry.Span(None, "")
         # What the delivery's transaction records besides its own success (the pending
         # ones, a start marker); it counts only once that transaction has committed.
         self.riding: tuple[list[Delivery], set[int]] = ([], set())
@@ -252,6 +253,22 @@ class _Batch:
     def _run_one(
         self, delivery: Delivery, spec: HandlerSpec | None, seconds: float, position: int
     ) -> None:
+        event = delivery.event
+        with telemetry.delivery_span(
+            handler=delivery.handler,
+            event_type=event.event_type,
+            event_id=event.pk,
+            event_uuid=event.uuid,
+            attempt=delivery.attempts + 1,
+            traceparent=getattr(event, "traceparent", ""),
+            created_at=event.created_at,
+        ) as span:
+            self._span = span
+            self._run(delivery, spec, seconds, position)
+
+    def _run(
+        self, delivery: Delivery, spec: HandlerSpec | None, seconds: float, position: int
+    ) -> None:
         connection = self.connection
         committing = False
         used_db = True
@@ -314,10 +331,12 @@ class _Batch:
                 _current.reset(reset)
         except LeaseLost as exc:
             logger.warning("%s", exc)
+            self._span.failed("lease_lost")
             self._lost(delivery, "while it ran")
             return
         except Exception as exc:
             self._failed(delivery, spec, exc, position, at_commit=committing)
+            self._span.failed(delivery.status, exc)
             return
         if used_db:
             self._committed(delivery)
@@ -429,6 +448,7 @@ class _Batch:
 
     def _leave(self, delivery: Delivery, why: str) -> None:
         """Give a delivery back unrun and uncharged, for a worker whose code knows it."""
+        self._span.failed("left")
         self._write(mark=[])
         self.counts.released += release(self.using, self.token, [delivery], delay=LEAVE_SECONDS)
         logger.info(

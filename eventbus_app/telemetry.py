@@ -1,0 +1,127 @@
+"""OpenTelemetry, optional (``pip install "eventbus_app[otel]"``): traces and metrics.
+
+* ``emit()`` stores the current trace context (``traceparent``) with the event;
+* each delivery runs in a CONSUMER span that continues the trace of the event's emitter
+  (attributes: event type, uuid, id, handler, attempt, outcome), so a web request and every
+  handler down its chain of events are one trace; relays put the same ``traceparent`` in
+  the CloudEvents they publish;
+* metrics through the OTel metrics API: ``eventbus.deliveries`` (counter, by handler and
+  outcome), ``eventbus.delivery.duration`` (seconds) and ``eventbus.delivery.lag`` (seconds
+  from the event's creation to its delivery's start), both histograms by handler.
+
+Without the ``opentelemetry-api`` package everything here is a no-op (a module-level
+check), and with it but no SDK configured the API's own no-op providers apply.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+try:
+    from opentelemetry import metrics, trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+except ImportError:  # the optional extra is not installed
+    trace = None  # type: ignore[assignment]
+    metrics = None  # type: ignore[assignment]
+
+ENABLED = trace is not None
+_propagator: Any = TraceContextTextMapPropagator() if ENABLED else None
+_instruments: dict[str, Any] = {}
+
+
+def current_traceparent() -> str:
+    """The W3C ``traceparent`` of the current span, or "" (none, or OTel absent)."""
+    if not ENABLED:
+        return ""
+    carrier: dict[str, str] = {}
+    _propagator.inject(carrier)
+    return carrier.get("traceparent", "")
+
+
+def _instrument(name: str) -> Any:
+    found = _instruments.get(name)
+    if found is None:
+        meter = metrics.get_meter("eventbus_app")
+        if name == "deliveries":
+            found = meter.create_counter(
+                "eventbus.deliveries", unit="1", description="Delivery attempts by outcome"
+            )
+        elif name == "duration":
+            found = meter.create_histogram(
+                "eventbus.delivery.duration", unit="s", description="Handler run time"
+            )
+        else:
+            found = meter.create_histogram(
+                "eventbus.delivery.lag", unit="s", description="Event creation to delivery start"
+            )
+        _instruments[name] = found
+    return found
+
+
+class Span:
+    """What the dispatcher tells the delivery's span (a no-op without OTel)."""
+
+    def __init__(self, span: Any, handler: str) -> None:
+        self.span = span
+        self.handler = handler
+        self.outcome = "succeeded"
+
+    def failed(self, outcome: str, error: BaseException | None = None) -> None:
+        self.outcome = outcome
+        if self.span is not None and error is not None:
+            self.span.record_exception(error)
+            self.span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)[:200]))
+
+
+@contextmanager
+def delivery_span(
+    *,
+    handler: str,
+    event_type: str,
+    event_id: int,
+    event_uuid: Any,
+    attempt: int,
+    traceparent: str,
+    created_at: datetime | None,
+) -> Iterator[Span]:
+    """A span around one delivery's run, continuing the emitter's trace."""
+    if not ENABLED:
+        yield Span(None, handler)
+        return
+    parent = _propagator.extract({"traceparent": traceparent}) if traceparent else None
+    tracer = trace.get_tracer("eventbus_app")
+    started = time.monotonic()
+    attributes = {
+        "messaging.system": "eventbus",
+        "messaging.operation": "process",
+        "eventbus.event_type": event_type,
+        "eventbus.event_id": event_id,
+        "eventbus.event_uuid": str(event_uuid),
+        "eventbus.handler": handler,
+        "eventbus.attempt": attempt,
+    }
+    if created_at is not None:
+        from django.utils import timezone
+
+        lag = (timezone.now() - created_at).total_seconds()
+        _instrument("lag").record(max(lag, 0.0), {"eventbus.handler": handler})
+    with tracer.start_as_current_span(
+        f"eventbus deliver {handler}",
+        context=parent,
+        kind=trace.SpanKind.CONSUMER,
+        attributes=attributes,
+    ) as span:
+        result = Span(span, handler)
+        try:
+            yield result
+        finally:
+            span.set_attribute("eventbus.outcome", result.outcome)
+            labels = {"eventbus.handler": handler, "eventbus.outcome": result.outcome}
+            _instrument("deliveries").add(1, labels)
+            _instrument("duration").record(
+                time.monotonic() - started, {"eventbus.handler": handler}
+            )
