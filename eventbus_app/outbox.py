@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, cast
 
@@ -30,6 +31,7 @@ def emit(
     correlation_id: uuid.UUID | str | None = None,
     stream: str = "",
     expected_version: int | None = None,
+    deliver_after: timedelta | datetime | None = None,
 ) -> OutboxEvent:
     """Store ``event`` in the current transaction of database ``using``; return the row.
 
@@ -39,6 +41,8 @@ def emit(
     incoming request's id, say). ``stream`` appends the event to that stream at the next
     position; with ``expected_version`` only if the stream's last position is that one
     (0: the stream must be new), else :class:`WrongExpectedVersion` is raised.
+    ``deliver_after`` (a ``timedelta`` from now, or an aware ``datetime``): its handlers do
+    not run before then.
     """
     from .models import OutboxEvent
     from .streams.store import check_stream
@@ -48,6 +52,7 @@ def emit(
             f"emit() takes an Event instance, got {type(event).__name__} {event!r:.80}"
         )
     check_stream(stream, expected_version)
+    due = _deliver_after(event, deliver_after)
     payload = event.to_json()
     text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     limit = eventbus_settings.MAX_PAYLOAD_BYTES
@@ -136,6 +141,8 @@ def emit(
             correlation_id=correlation_id,
             causation_id=causation_id,
             depth=depth,
+            deliver_after=due,
+            emitted_by=parent.handler if parent is not None else "",
         )
         signals.event_emitted.send(
             sender=type(event), event=event, outbox_event=record, using=using
@@ -156,6 +163,8 @@ _COLUMNS = (
     "created_at",
     "stream",
     "position",
+    "deliver_after",
+    "emitted_by",
 )
 # Per database vendor (and NOTIFY on or off): the INSERT statement, and the fields whose
 # values the backend must adapt (uuid and datetime on SQLite, say); the others go to the
@@ -185,7 +194,7 @@ def _prepared_insert(connection: Any) -> tuple[str, list[tuple[int, Field[Any, A
         adapt = [
             (i, f)
             for i, f in enumerate(fields)
-            if f.name in ("uuid", "correlation_id", "created_at")
+            if f.name in ("uuid", "correlation_id", "created_at", "deliver_after")
         ]
         prepared = _INSERT[key] = (sql, adapt)
     return prepared
@@ -225,6 +234,8 @@ def _insert(using: str, text: str, queue_row: tuple[str, str] | None, **values: 
         values["created_at"],
         values["stream"],
         values["position"],
+        values["deliver_after"],
+        values["emitted_by"],
     ]
     for index, field in adapt:
         params[index] = field.get_db_prep_save(params[index], connection)
@@ -267,6 +278,7 @@ async def aemit(
     correlation_id: uuid.UUID | str | None = None,
     stream: str = "",
     expected_version: int | None = None,
+    deliver_after: timedelta | datetime | None = None,
 ) -> OutboxEvent:
     """``emit()`` for ``async def`` code (async views and handlers)."""
     from asgiref.sync import sync_to_async
@@ -277,6 +289,33 @@ async def aemit(
         correlation_id=correlation_id,
         stream=stream,
         expected_version=expected_version,
+        deliver_after=deliver_after,
+    )
+
+
+def _deliver_after(event: Event, value: timedelta | datetime | None) -> datetime | None:
+    """The moment ``emit(deliver_after=)`` asks for, validated: a ``timedelta`` (from now,
+    not negative) or an aware ``datetime``; None: at once."""
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        if value < timedelta(0):
+            raise EventBusError(
+                f"emit({event.event_type}, deliver_after={value!r}): a negative delay; pass a "
+                "timedelta of 0 or more (or None to deliver at once)"
+            )
+        return timezone.now() + value
+    if isinstance(value, datetime):
+        if timezone.is_naive(value):
+            raise EventBusError(
+                f"emit({event.event_type}, deliver_after={value!r}): a naive datetime is "
+                "ambiguous; pass an aware one (django.utils.timezone.now() + delay, or "
+                "datetime(..., tzinfo=UTC)) or a timedelta"
+            )
+        return value
+    raise EventBusError(
+        f"emit({event.event_type}, deliver_after=...) takes a timedelta or an aware datetime, "
+        f"got {type(value).__name__} {value!r:.80}"
     )
 
 

@@ -1,50 +1,41 @@
-"""factory-boy factories for eventbus_app's models."""
+"""The app's own tests' factories: ``eventbus_app.testing.factories`` with the test app's
+defaults (``testapp.Work`` events for the ``testapp.record`` handler)."""
 
 from __future__ import annotations
 
-import uuid
-
 import factory
-from factory.django import DjangoModelFactory
 
-from eventbus_app.models import Delivery, DeliveryAttempt, OutboxEvent
+from eventbus_app.testing import factories as base
+from eventbus_app.testing.factories import DeliveryAttemptFactory
+
+__all__ = [
+    "DeadLetterFactory",
+    "DeliveryAttemptFactory",
+    "DeliveryFactory",
+    "FailedDeliveryFactory",
+    "OutboxEventFactory",
+    "SucceededDeliveryFactory",
+]
 
 
-class OutboxEventFactory(DjangoModelFactory[OutboxEvent]):
-    class Meta:
-        model = OutboxEvent
-
+class OutboxEventFactory(base.OutboxEventFactory):
     event_type = "testapp.Work"
-    version = 1
     payload = factory.Sequence(lambda n: {"key": f"k{n}", "fail_attempts": 0})
-    correlation_id = factory.LazyFunction(uuid.uuid4)
-    depth = 0
 
 
-class DeliveryFactory(DjangoModelFactory[Delivery]):
-    class Meta:
-        model = Delivery
-
+class DeliveryFactory(base.DeliveryFactory):
+    # Not fanned out: a drain in these tests may fan it out (other handlers get theirs).
     event = factory.SubFactory(OutboxEventFactory)
     handler = "testapp.record"
-    status = Delivery.Status.PENDING
-    attempts = 0
+
+
+class SucceededDeliveryFactory(DeliveryFactory):
+    succeeded = True
+
+
+class FailedDeliveryFactory(DeliveryFactory):
+    failed = True
 
 
 class DeadLetterFactory(DeliveryFactory):
-    status = Delivery.Status.DEAD
-    attempts = 5
-    last_error = "RuntimeError: boom"
-    error_class = "builtins.RuntimeError"
-    traceback = 'Traceback (most recent call last):\n  File "x.py", line 1\nRuntimeError: boom'
-
-
-class DeliveryAttemptFactory(DjangoModelFactory[DeliveryAttempt]):
-    class Meta:
-        model = DeliveryAttempt
-
-    delivery = factory.SubFactory(DeliveryFactory)
-    attempt = 1
-    outcome = DeliveryAttempt.Outcome.FAILED
-    error = "RuntimeError: boom"
-    error_class = "builtins.RuntimeError"
+    dead = True

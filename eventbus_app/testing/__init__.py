@@ -1,4 +1,6 @@
-"""Helpers for projects testing code that emits events.
+"""Helpers for projects testing code that emits events: the pytest plugin (fixture
+``eventbus``, in ``plugin.py``, installed with the package), factory-boy factories
+(``eventbus_app.testing.factories``) and these two functions.
 
 ``drain()`` runs the dispatcher in-process, so a test can emit, drain and assert on what
 the handlers did, inside Django's ``TestCase`` transaction or outside it::
@@ -19,8 +21,11 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS
 
-from .events import Event
-from .signals import event_emitted
+from ..events import Event
+from ..signals import event_emitted
+from .recorder import EventBusRecorder
+
+__all__ = ["EventBusRecorder", "capture_events", "drain"]
 
 
 def drain(using: str = DEFAULT_DB_ALIAS) -> dict[str, Any]:
@@ -30,7 +35,7 @@ def drain(using: str = DEFAULT_DB_ALIAS) -> dict[str, Any]:
     Events emitted by the handlers and retries due at once run in the same call; a retry
     whose backoff has not passed is not waited for (set ``EVENTBUS['RETRY_BACKOFF'] = 0`` in
     tests, or call it again). Inside a test's transaction it runs in that transaction."""
-    from .dispatch import run
+    from ..dispatch import run
 
     return run(using).as_dict()
 
