@@ -1,0 +1,49 @@
+"""``manage.py eventbus_consume NAME``: receive a source's messages into the inbox."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from eventbus_app.relay import consume
+
+
+class Command(BaseCommand):
+    help = (
+        "Consume EVENTBUS['SOURCES'][NAME] until SIGTERM or Ctrl-C: each message is stored "
+        "in the inbox and acknowledged after its commit; prints the lag every --report "
+        "seconds."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("name", help="a key of EVENTBUS['SOURCES']")
+        parser.add_argument("--batch", type=int, default=100, help="messages per receive")
+        parser.add_argument("--report", type=float, default=10.0, help="seconds between lag lines")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        stop = threading.Event()
+
+        def stopping(signum: int, frame: Any) -> None:
+            stop.set()  # finish the message in hand, ack it, then leave
+
+        signal.signal(signal.SIGTERM, stopping)
+        signal.signal(signal.SIGINT, stopping)
+
+        def report(line: str) -> None:
+            self.stdout.write(line)
+            self.stdout.flush()
+
+        try:
+            consume.run(
+                options["name"],
+                stop,
+                batch=options["batch"],
+                report_every=options["report"],
+                report=report,
+            )
+        except (ValueError, ImproperlyConfigured) as exc:
+            raise CommandError(str(exc)) from exc
