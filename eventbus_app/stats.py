@@ -99,8 +99,8 @@ def per_handler(using: str, now: datetime) -> dict[str, dict[str, dict[str, int]
             .values("delivery__handler", "outcome")
             .annotate(n=Count("id"))
         )
-        for row in outcomes:
-            slot(row["delivery__handler"], window)[row["outcome"]] = row["n"]
+        for outcome in outcomes:
+            slot(outcome["delivery__handler"], window)[outcome["outcome"]] = outcome["n"]
     return {
         name: {
             window: {
