@@ -17,6 +17,9 @@ class EventBusConfig(AppConfig):
         from . import checks  # noqa: F401  (registers the system checks)
 
         autodiscover_modules("handlers")
+        from .relay import install_relays
+
+        install_relays()  # one handler relay:<name> per EVENTBUS["RELAYS"] entry
         post_migrate.connect(_create_schedule, sender=self)
 
 

@@ -88,6 +88,18 @@ OPTIONS: dict[str, Option] = {
         "only a live registry knows waits for it; work none knows is dead-lettered.",
         1,
     ),
+    "RELAYS": Option(
+        {},
+        (dict,),
+        "Relays: name -> {BACKEND, URL, EVENT_TYPES, ...}; each publishes the matching "
+        "events to a broker as the delivery target relay:<name> (see Several services).",
+    ),
+    "SOURCES": Option(
+        {},
+        (dict,),
+        "Sources: name -> {BACKEND, URL, ...}; manage.py eventbus_consume NAME (or the http "
+        "view) stores what they receive in the inbox (see Several services).",
+    ),
     "DATABASES": Option(
         ("default",), (list, tuple), "Database aliases the dispatcher and sweep serve."
     ),

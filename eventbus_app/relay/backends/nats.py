@@ -1,0 +1,147 @@
+"""``nats``: NATS JetStream through nats-py. Publish: ``js.publish`` with header
+``Nats-Msg-Id`` = the event's uuid (the stream's duplicate window drops a re-publish), the
+stream's ack awaited. Consume: a durable pull consumer, ``ack_sync`` after the inbox
+committed.
+
+Options: ``URL`` (``nats://127.0.0.1:4222``), ``STREAM`` (``"EVENTBUS"``, created if missing,
+with subjects ``<SUBJECT_PREFIX>.>``), ``SUBJECT_PREFIX`` (``"eventbus"``: an event goes to
+``eventbus.<event type>``), ``DUPLICATE_WINDOW`` (seconds, 120); sources also ``DURABLE``
+(the consumer's durable name, ``"eventbus_<name>"``) and ``FILTER`` (``"<prefix>.>"``).
+
+nats-py is asyncio; both classes run their own event loop in a thread, so the relay stays a
+plain (synchronous) handler and the connection lives across deliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import nats
+from nats.js.api import StreamConfig
+from nats.js.errors import NotFoundError
+
+from .base import Consumer as BaseConsumer
+from .base import Message, Received
+from .base import Publisher as BasePublisher
+
+T = TypeVar("T")
+
+
+class _Loop:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except BaseException:
+            future.cancel()
+            raise
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+async def _connect(options: dict[str, Any]) -> Any:
+    return await nats.connect(
+        options.get("URL", "nats://127.0.0.1:4222"),
+        connect_timeout=5,
+        max_reconnect_attempts=0,  # a lost connection fails the attempt; we reconnect
+        allow_reconnect=False,
+    )
+
+
+async def _ensure_stream(js: Any, options: dict[str, Any]) -> str:
+    stream = options.get("STREAM", "EVENTBUS")
+    prefix = options.get("SUBJECT_PREFIX", "eventbus")
+    try:
+        await js.stream_info(stream)
+    except NotFoundError:
+        await js.add_stream(
+            StreamConfig(
+                name=stream,
+                subjects=[f"{prefix}.>"],
+                duplicate_window=float(options.get("DUPLICATE_WINDOW", 120)),
+            )
+        )
+    return prefix
+
+
+class Publisher(BasePublisher):
+    def __init__(self, name: str, options: dict[str, Any]) -> None:
+        super().__init__(name, options)
+        self.loop = _Loop()
+        try:
+            self.nc = self.loop.run(_connect(options), self.timeout)
+            self.js = self.nc.jetstream(timeout=self.timeout)
+            self.prefix = self.loop.run(_ensure_stream(self.js, options), self.timeout)
+        except BaseException:
+            self.loop.stop()
+            raise
+
+    def publish(self, message: Message) -> None:
+        self.loop.run(
+            self.js.publish(
+                f"{self.prefix}.{message.type}",
+                message.body,
+                headers={"Nats-Msg-Id": message.id, **message.headers},
+            ),
+            self.timeout + 1,
+        )
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # already broken: the loop goes anyway
+            self.loop.run(self.nc.close(), 5)
+        self.loop.stop()
+
+
+class Consumer(BaseConsumer):
+    def __init__(self, name: str, options: dict[str, Any]) -> None:
+        super().__init__(name, options)
+        self.loop = _Loop()
+        try:
+            self.nc = self.loop.run(_connect(options), 10)
+            self.js = self.nc.jetstream(timeout=10)
+            prefix = self.loop.run(_ensure_stream(self.js, options), 10)
+            self.sub = self.loop.run(
+                self.js.pull_subscribe(
+                    options.get("FILTER", f"{prefix}.>"),
+                    durable=options.get("DURABLE", f"eventbus_{name}"),
+                    stream=options.get("STREAM", "EVENTBUS"),
+                ),
+                10,
+            )
+        except BaseException:
+            self.loop.stop()
+            raise
+
+    def receive(self, limit: int, timeout: float) -> list[Received]:
+        async def fetch() -> list[Any]:
+            try:
+                return list(await self.sub.fetch(limit, timeout=timeout))
+            except nats.errors.TimeoutError:
+                return []
+
+        return [Received(body=m.data, token=m) for m in self.loop.run(fetch(), timeout + 10)]
+
+    def ack(self, message: Received) -> None:
+        self.loop.run(message.token.ack_sync(timeout=10), 15)
+
+    def lag(self) -> int | None:
+        info = self.loop.run(self.sub.consumer_info(), 10)
+        return int(info.num_pending) + int(info.num_ack_pending)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.loop.run(self.nc.close(), 5)
+        self.loop.stop()
