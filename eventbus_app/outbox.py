@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from . import signals
 from .conf import eventbus_settings
+from .telemetry import current_traceparent
 from .context import _stopped, current_delivery
 from .events import Event, payload_size
 from .exceptions import ChainDepthExceeded, EventBusError, PayloadError
@@ -143,6 +144,7 @@ def emit(
             depth=depth,
             deliver_after=due,
             emitted_by=parent.handler if parent is not None else "",
+            traceparent=current_traceparent(),
         )
         signals.event_emitted.send(
             sender=type(event), event=event, outbox_event=record, using=using
@@ -165,6 +167,7 @@ _COLUMNS = (
     "position",
     "deliver_after",
     "emitted_by",
+    "traceparent",
 )
 # Per database vendor (and NOTIFY on or off): the INSERT statement, and the fields whose
 # values the backend must adapt (uuid and datetime on SQLite, say); the others go to the
@@ -236,6 +239,7 @@ def _insert(using: str, text: str, queue_row: tuple[str, str] | None, **values: 
         values["position"],
         values["deliver_after"],
         values["emitted_by"],
+        values["traceparent"],
     ]
     for index, field in adapt:
         params[index] = field.get_db_prep_save(params[index], connection)

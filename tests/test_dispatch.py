@@ -635,3 +635,14 @@ def test_a_throttled_handler_runs_at_most_its_rate_and_its_neighbours_do_not_wai
     from eventbus_app.throttle import throttles
 
     assert throttles() == {}
+
+
+def test_a_delayed_event_is_fanned_out_but_not_run_before_its_time() -> None:
+    record = emit(Work(key="later"), deliver_after=timedelta(hours=1))
+    counts = drain()
+    assert counts["fanned_out"] == 1 and counts["delivered"] == 0
+    waiting = list(record.deliveries.all())
+    assert {d.status for d in waiting} == {Status.PENDING}
+    assert all(d.next_attempt_at == record.deliver_after for d in waiting)
+    Delivery.objects.filter(event=record).update(next_attempt_at=Now())  # its time comes
+    assert drain()["delivered"] == 2

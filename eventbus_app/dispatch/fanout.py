@@ -22,7 +22,6 @@ from ..events import event_class
 from ..models import Delivery, OutboxEvent
 from ..registry import get_handler, handlers_for
 from .claim import leased as claimed
-from .claim import paused_handlers
 from .fleet import fleet
 
 # Pseudo-handler of an event whose type has no class here: delivering it routes the event
@@ -41,6 +40,7 @@ class Row(NamedTuple):
     leased: bool
     stream: str
     position: int | None
+    due: Any = None  # deliver_after, when later than now
 
 
 def fan_out(using: str = "default", limit: int | None = None) -> int:
@@ -61,63 +61,102 @@ def fan_out_leased(
 
 def _fan_out(using: str, limit: int | None, token: uuid.UUID | None) -> tuple[int, list[Delivery]]:
     limit = limit or eventbus_settings.BATCH_SIZE
-    lease_ends = ExpressionWrapper(
-        Now() + timedelta(seconds=eventbus_settings.LEASE_SECONDS), output_field=DateTimeField()
-    )
     postgres = connections[using].vendor == "postgresql"
     with transaction.atomic(using=using):
-        # On PostgreSQL the whole rows: the leased deliveries are built from them and from
-        # the INSERT's RETURNING, without reading them back.
-        picked = (
-            OutboxEvent.objects.using(using)
-            .filter(dispatched_at__isnull=True)
-            .order_by("id")
-            .select_for_update(skip_locked=True)
-            .annotate(lease_ends=lease_ends)
-        )
-        events = list(
-            picked[:limit]
-            if postgres
-            else picked.only("pk", "event_type", "stream", "position")[:limit]
-        )
+        events, lease_end, now = _pick(using, limit, postgres)
         if not events:
             return 0, []
         # Paused handlers' deliveries wait; throttled ones are claimed within their rate.
-        paused = set(paused_handlers(using)) | throttled_handlers(using) if token else set()
+        held = _held_handlers(using) if token is not None else set()
         rows: list[Row] = []
         names_by_type: dict[str, list[tuple[str, bool]]] = {}  # once per type and batch
         for event in events:
             names = names_by_type.get(event.event_type)
             if names is None:
                 names = names_by_type[event.event_type] = _routes(using, event.event_type)
+            # emit(deliver_after=...): its deliveries wait until then, unleased.
+            due = event.deliver_after if event.deliver_after and event.deliver_after > now else None
             for name, ordered in names:
                 # An ordered handler's stream deliveries wait for their turn: claimed in
                 # position order, never leased here.
                 mine = (
                     token is not None
-                    and name not in paused
+                    and due is None
+                    and name not in held
                     and (name == UNROUTABLE or get_handler(name) is not None)
                     and not (ordered and event.stream)
                 )
-                rows.append(Row(event.pk, name, mine, event.stream, event.position))
-        # The database's clock, read once: an expression per row costs more than the INSERT.
-        lease_end = events[0].lease_ends
+                rows.append(Row(event.pk, name, mine, event.stream, event.position, due))
         if postgres:
             leased = _insert_deliveries(using, rows, token, lease_end, events)
         else:
             _bulk_create_deliveries(using, rows, token, lease_end)
-        OutboxEvent.objects.using(using).filter(
-            pk__in=[e.pk for e in events], dispatched_at__isnull=True
-        ).update(dispatched_at=Now())
+            OutboxEvent.objects.using(using).filter(
+                pk__in=[e.pk for e in events], dispatched_at__isnull=True
+            ).update(dispatched_at=Now())
     if not postgres:
         leased = claimed(using, token) if token is not None else []
     return len(events), leased
 
 
-def throttled_handlers(using: str) -> set[str]:
-    from ..models import HandlerThrottle
+def _pick(using: str, limit: int, postgres: bool) -> tuple[list[OutboxEvent], Any, Any]:
+    """Lock up to ``limit`` undispatched events (SKIP LOCKED); returns them, the lease's end
+    and the database's now (read once: an expression per row costs more than the INSERT).
+    On PostgreSQL one UPDATE … RETURNING marks them dispatched and gives the whole rows."""
+    lease = timedelta(seconds=eventbus_settings.LEASE_SECONDS)
+    if postgres:
+        connection = connections[using]
+        qn = connection.ops.quote_name
+        table = qn(OutboxEvent._meta.db_table)
+        fields = list(OutboxEvent._meta.concrete_fields)
+        columns = ", ".join(f"{table}.{qn(str(f.column))}" for f in fields)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"WITH picked AS MATERIALIZED (SELECT id FROM {table} WHERE dispatched_at IS "
+                "NULL ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) "
+                f"UPDATE {table} SET dispatched_at = STATEMENT_TIMESTAMP() FROM picked "
+                f"WHERE {table}.id = picked.id RETURNING {columns}, "
+                "STATEMENT_TIMESTAMP() + make_interval(secs => %s), STATEMENT_TIMESTAMP()",
+                [limit, lease.total_seconds()],
+            )
+            rows = cursor.fetchall()
+        if not rows:
+            return [], None, None
+        names = [f.attname for f in fields]
+        # What the ORM's compiler would apply (the payload's JSON decoding, say).
+        converters = [(i, f.get_db_converters(connection)) for i, f in enumerate(fields)]
+        converters = [(i, c) for i, c in converters if c]
 
-    return set(HandlerThrottle.objects.using(using).values_list("handler", flat=True))
+        def build(row: Any) -> OutboxEvent:
+            values = list(row[: len(names)])
+            for i, funcs in converters:
+                for func in funcs:
+                    values[i] = func(values[i], None, connection)
+            return OutboxEvent.from_db(using, names, values)
+
+        events = sorted((build(row) for row in rows), key=lambda e: e.pk)
+        return events, rows[0][-2], rows[0][-1]
+    lease_ends = ExpressionWrapper(Now() + lease, output_field=DateTimeField())
+    events = list(
+        OutboxEvent.objects.using(using)
+        .filter(dispatched_at__isnull=True)
+        .order_by("id")
+        .select_for_update(skip_locked=True)
+        .annotate(lease_ends=lease_ends, db_now=Now())
+        .only("pk", "event_type", "stream", "position", "deliver_after")[:limit]
+    )
+    if not events:
+        return [], None, None
+    return events, events[0].lease_ends, events[0].db_now
+
+
+def _held_handlers(using: str) -> set[str]:
+    """Handlers whose fresh deliveries are not leased at fan-out: paused or throttled."""
+    from ..models import HandlerState, HandlerThrottle
+
+    paused = HandlerState.objects.using(using).filter(paused=True).values_list("handler")
+    throttled = HandlerThrottle.objects.using(using).values_list("handler")
+    return {name for (name,) in paused.union(throttled)}
 
 
 def _routes(using: str, event_type: str) -> list[tuple[str, bool]]:
@@ -143,7 +182,13 @@ def _bulk_create_deliveries(
                 handler=row.handler,
                 stream=row.stream,
                 position=row.position,
-                **({"next_attempt_at": lease_end, **lease} if row.leased else {}),
+                **(
+                    {"next_attempt_at": lease_end, **lease}
+                    if row.leased
+                    else {"next_attempt_at": row.due}
+                    if row.due
+                    else {}
+                ),
             )
             for row in rows
         ],
@@ -179,11 +224,11 @@ def _insert_deliveries(
             "traceback, next_attempt_at, lease_token, replays, in_flight, isolate, started_at, "
             "stream, position) "
             "SELECT e, h, CASE WHEN l THEN %s ELSE %s END, 0, "
-            "'', '', '', CASE WHEN l THEN %s ELSE STATEMENT_TIMESTAMP() END, "
+            "'', '', '', CASE WHEN l THEN %s ELSE COALESCE(d, STATEMENT_TIMESTAMP()) END, "
             "CASE WHEN l THEN %s::uuid END, 0, CASE WHEN m THEN 1 ELSE 0 END, false, "
             "CASE WHEN m THEN STATEMENT_TIMESTAMP() END, s, p "
             "FROM unnest(%s::bigint[], %s::text[], %s::boolean[], %s::boolean[], %s::text[], "
-            "%s::integer[]) AS t(e, h, l, m, s, p) "
+            "%s::integer[], %s::timestamptz[]) AS t(e, h, l, m, s, p, d) "
             # Our own bookkeeping: lost with a database crash, the event is fanned out again.
             "CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS cfg "
             "ON CONFLICT DO NOTHING RETURNING id, event_id, handler, status, in_flight",
@@ -198,6 +243,7 @@ def _insert_deliveries(
                 first_leased,
                 [r.stream for r in rows],
                 [r.position for r in rows],
+                [r.due for r in rows],
             ],
         )
         created = cursor.fetchall()

@@ -1,0 +1,113 @@
+"""OpenTelemetry: one trace from a web request through two chained handlers, with the
+SDK's in-memory exporters; metrics by handler and outcome."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.db import transaction
+
+from eventbus_app import Event, emit
+from eventbus_app.models import OutboxEvent
+from eventbus_app.testing import drain
+
+sdk = pytest.importorskip("opentelemetry.sdk", reason="needs the otel extra (opentelemetry-sdk)")
+
+from opentelemetry import metrics, trace  # noqa: E402
+from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+    InMemorySpanExporter,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+_EXPORTER = InMemorySpanExporter()
+_READER = InMemoryMetricReader()
+
+
+@pytest.fixture(scope="module")
+def otel() -> tuple[InMemorySpanExporter, InMemoryMetricReader]:
+    """The global providers can be set once per process: the first test module sets them."""
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+        trace.set_tracer_provider(provider)
+        metrics.set_meter_provider(MeterProvider(metric_readers=[_READER]))
+    return _EXPORTER, _READER
+
+
+class Ordered(Event, event_type="t.otel.Ordered"):
+    n: int
+
+
+class Invoiced(Event, event_type="t.otel.Invoiced"):
+    n: int
+
+
+def test_one_trace_from_the_request_through_two_chained_handlers(
+    otel: Any, register: Any
+) -> None:
+    exporter, reader = otel
+    exporter.clear()
+
+    @register(Ordered, name="t.otel.invoice")
+    def invoice(event: Ordered) -> None:
+        emit(Invoiced(n=event.n))
+
+    @register(Invoiced, name="t.otel.render")
+    def render(event: Invoiced) -> None: ...
+
+    tracer = trace.get_tracer("tests")
+    with tracer.start_as_current_span("POST /orders/") as request:
+        with transaction.atomic():
+            record = emit(Ordered(n=1))
+        trace_id = request.get_span_context().trace_id
+    assert record.traceparent.startswith("00-") and f"{trace_id:032x}" in record.traceparent
+    drain()
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    first, second = spans["eventbus deliver t.otel.invoice"], spans["eventbus deliver t.otel.render"]
+    assert {first.context.trace_id, second.context.trace_id} == {trace_id}
+    assert first.parent.span_id == spans["POST /orders/"].context.span_id
+    assert second.parent.span_id == first.context.span_id  # the chain continues the trace
+    assert first.kind == trace.SpanKind.CONSUMER
+    assert first.attributes["eventbus.event_type"] == "t.otel.Ordered"
+    assert first.attributes["eventbus.event_uuid"] == str(record.uuid)
+    assert first.attributes["eventbus.attempt"] == 1
+    assert first.attributes["eventbus.outcome"] == "succeeded"
+    child = OutboxEvent.objects.get(event_type="t.otel.Invoiced")
+    assert f"{first.context.span_id:016x}" in child.traceparent
+
+    data = reader.get_metrics_data()
+    points = {
+        (m.name, tuple(sorted(p.attributes.items())))
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        for p in m.data.data_points
+    }
+    names = {name for name, _ in points}
+    assert {"eventbus.deliveries", "eventbus.delivery.duration", "eventbus.delivery.lag"} <= names
+    assert (
+        "eventbus.deliveries",
+        (("eventbus.handler", "t.otel.render"), ("eventbus.outcome", "succeeded")),
+    ) in points
+
+
+def test_a_failing_delivery_records_its_error_on_the_span(otel: Any, register: Any) -> None:
+    exporter, _ = otel
+    exporter.clear()
+
+    @register(Ordered, name="t.otel.fails", max_attempts=1)
+    def fails(event: Ordered) -> None:
+        raise RuntimeError("the printer is on fire")
+
+    emit(Ordered(n=2))
+    drain()
+    [span] = [s for s in exporter.get_finished_spans() if s.name == "eventbus deliver t.otel.fails"]
+    assert span.attributes["eventbus.outcome"] == "dead"
+    assert span.status.status_code == trace.StatusCode.ERROR
+    assert any(e.name == "exception" for e in span.events)
