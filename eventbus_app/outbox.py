@@ -14,10 +14,10 @@ from django.utils import timezone
 
 from . import signals
 from .conf import eventbus_settings
-from .telemetry import current_traceparent
 from .context import _stopped, current_delivery
 from .events import Event, payload_size
 from .exceptions import ChainDepthExceeded, EventBusError, PayloadError
+from .telemetry import current_traceparent
 
 if TYPE_CHECKING:
     from django.db.models import Field

@@ -48,9 +48,7 @@ class Invoiced(Event, event_type="t.otel.Invoiced"):
     n: int
 
 
-def test_one_trace_from_the_request_through_two_chained_handlers(
-    otel: Any, register: Any
-) -> None:
+def test_one_trace_from_the_request_through_two_chained_handlers(otel: Any, register: Any) -> None:
     exporter, reader = otel
     exporter.clear()
 
@@ -69,7 +67,8 @@ def test_one_trace_from_the_request_through_two_chained_handlers(
     assert record.traceparent.startswith("00-") and f"{trace_id:032x}" in record.traceparent
     drain()
     spans = {s.name: s for s in exporter.get_finished_spans()}
-    first, second = spans["eventbus deliver t.otel.invoice"], spans["eventbus deliver t.otel.render"]
+    first = spans["eventbus deliver t.otel.invoice"]
+    second = spans["eventbus deliver t.otel.render"]
     assert {first.context.trace_id, second.context.trace_id} == {trace_id}
     assert first.parent.span_id == spans["POST /orders/"].context.span_id
     assert second.parent.span_id == first.context.span_id  # the chain continues the trace

@@ -147,7 +147,8 @@ def _pick(using: str, limit: int, postgres: bool) -> tuple[list[OutboxEvent], An
     )
     if not events:
         return [], None, None
-    return events, events[0].lease_ends, events[0].db_now
+    first: Any = events[0]  # annotated with the lease's end and the database's now
+    return events, first.lease_ends, first.db_now
 
 
 def _held_handlers(using: str) -> set[str]:
