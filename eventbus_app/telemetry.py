@@ -101,7 +101,7 @@ def delivery_span(
     parent = _propagator.extract({"traceparent": traceparent}) if traceparent else None
     tracer = trace.get_tracer("eventbus_app")
     started = time.monotonic()
-    attributes = {
+    attributes: dict[str, Any] = {
         "messaging.system": "eventbus",
         "messaging.operation": "process",
         "eventbus.event_type": event_type,
