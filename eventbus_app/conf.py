@@ -7,6 +7,7 @@ Read it through :data:`eventbus_settings`; values resolve lazily and reset when 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -99,6 +100,14 @@ OPTIONS: dict[str, Option] = {
         (dict,),
         "Sources: name -> {BACKEND, URL, ...}; manage.py eventbus_consume NAME (or the http "
         "view) stores what they receive in the inbox (see Several services).",
+    ),
+    "RETENTION": Option(
+        None,
+        (str, timedelta, type(None)),
+        "How long finished events are kept: the sweep deletes older ones (with their "
+        "deliveries and history) a chunk at a time, e.g. '30d' or '12h'; None keeps "
+        "everything. Dead letters, live deliveries and streams' events are never pruned "
+        "by it (manage.py eventbus_prune --streams does that).",
     ),
     "DATABASES": Option(
         ("default",), (list, tuple), "Database aliases the dispatcher and sweep serve."

@@ -362,7 +362,30 @@ def sweep() -> dict[str, Any]:
             restart_lost_campaigns(using)
         except DatabaseError:
             logger.exception("Could not check the canary retries on %r", using)
+    # Retention comes last and gets only what dispatching left of the budget: a busy
+    # sweep prunes nothing, the next idle one catches up.
+    for using in aliases:
+        left = budget - (time.monotonic() - started)
+        if left <= 0:
+            break
+        _apply_retention(using, min(RETENTION_SECONDS, left))
     return results
+
+
+# At most this long of each sweep goes to EVENTBUS["RETENTION"] per database (a chunk in
+# progress at the end finishes: about 0.1 s for 1,000 events).
+RETENTION_SECONDS = 2.0
+
+
+def _apply_retention(using: str, seconds: float) -> None:
+    from .retention import apply_retention
+
+    try:
+        apply_retention(using, seconds=seconds)
+    except ValueError:
+        logger.error("EVENTBUS['RETENTION'] is invalid; nothing is pruned", exc_info=True)
+    except DatabaseError:
+        logger.exception("Could not apply EVENTBUS['RETENTION'] on %r", using)
 
 
 CAMPAIGN = "eventbus_app.tasks.campaign"
