@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 from django.db import close_old_connections
 
@@ -37,12 +38,7 @@ def run(
     report_every: float = 10.0,
     report: Callable[[str], None] = print,
 ) -> Counter[str]:
-    options = source_options(name)
-    if options["BACKEND"] == "http":
-        raise ValueError(
-            f"source {name!r} is an http source: it is a view (include "
-            "eventbus_app.relay.urls), not a consumer"
-        )
+    options = check_source(name)
     backend = load_backend(options["BACKEND"])
     counts: Counter[str] = Counter()
     backoff = BACKOFF_START
@@ -79,6 +75,18 @@ def run(
                     logger.debug("closing source %s failed", name, exc_info=True)
     report(f"{name}: stopped")
     return counts
+
+
+def check_source(name: str) -> dict[str, Any]:
+    """The source's options; ValueError / ImproperlyConfigured if it cannot be consumed."""
+    options = source_options(name)
+    if options["BACKEND"] == "http":
+        raise ValueError(
+            f"source {name!r} is an http source: it is a view (include "
+            "eventbus_app.relay.urls), not a consumer"
+        )
+    load_backend(options["BACKEND"])
+    return options
 
 
 def _line(name: str, counts: Counter[str], consumer: Consumer) -> str:

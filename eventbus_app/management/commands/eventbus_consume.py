@@ -25,13 +25,16 @@ class Command(BaseCommand):
         parser.add_argument("--report", type=float, default=10.0, help="seconds between lag lines")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            consume.check_source(options["name"])
+        except (ValueError, ImproperlyConfigured) as exc:
+            raise CommandError(str(exc)) from exc
         stop = threading.Event()
 
         def stopping(signum: int, frame: Any) -> None:
             stop.set()  # finish the message in hand, ack it, then leave
 
-        signal.signal(signal.SIGTERM, stopping)
-        signal.signal(signal.SIGINT, stopping)
+        previous = {s: signal.signal(s, stopping) for s in (signal.SIGTERM, signal.SIGINT)}
 
         def report(line: str) -> None:
             self.stdout.write(line)
@@ -45,5 +48,6 @@ class Command(BaseCommand):
                 report_every=options["report"],
                 report=report,
             )
-        except (ValueError, ImproperlyConfigured) as exc:
-            raise CommandError(str(exc)) from exc
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
