@@ -122,12 +122,16 @@ def prune(
     result = PruneResult()
     deadline = time.monotonic() + seconds if seconds is not None else None
     selection = prunable(cutoff, using=using, keep_failures=keep_failures, streams=streams)
+    # Keyset pagination in (created_at, id) order: each chunk starts after the last row the
+    # previous one looked at, so rows that are kept (dead letters) or were just deleted
+    # (dead index entries until VACUUM) are not read again and again.
+    after: tuple[datetime, int] | None = None
     while True:
         if deadline is not None and time.monotonic() >= deadline:
-            result.more = selection.exists()
+            result.more = _after(selection, after).exists()
             return result
         started = time.monotonic()
-        deleted = _prune_chunk(selection, using, chunk, result)
+        deleted, after = _prune_chunk(_after(selection, after), using, chunk, result)
         result.chunk_seconds.append(time.monotonic() - started)
         if deleted is None:
             return result
@@ -137,25 +141,37 @@ def prune(
             progress(deleted)
 
 
+def _after(
+    selection: QuerySet[OutboxEvent], key: tuple[datetime, int] | None
+) -> QuerySet[OutboxEvent]:
+    if key is None:
+        return selection
+    created_at, pk = key
+    return selection.filter(Q(created_at__gt=created_at) | Q(created_at=created_at, pk__gt=pk))
+
+
 def _prune_chunk(
     selection: QuerySet[OutboxEvent], using: str, chunk: int, result: PruneResult
-) -> int | None:
-    """One transaction; the number of events deleted, None when nothing is left."""
+) -> tuple[int | None, tuple[datetime, int] | None]:
+    """One transaction: the number of events deleted (None when nothing is left) and the
+    key of the last one it looked at."""
     with transaction.atomic(using=using):
-        ids = list(
+        keys = list(
             selection.order_by("created_at", "id")
             .select_for_update(skip_locked=True)
-            .values_list("pk", flat=True)[:chunk]
+            .values_list("created_at", "pk")[:chunk]
         )
-        if not ids:
-            return None
+        if not keys:
+            return None, None
+        last = keys[-1]
+        ids = [pk for _, pk in keys]
         deliveries = Delivery.objects.using(using).filter(event_id__in=ids)
         # Their deliveries, locked: a retry or replay of one of them now waits for this
         # transaction; one that committed in between shows in the check below.
         list(deliveries.select_for_update().values_list("pk", flat=True))
         ids = list(selection.filter(pk__in=ids).values_list("pk", flat=True))
         if not ids:
-            return 0
+            return 0, last
         deliveries = Delivery.objects.using(using).filter(event_id__in=ids)
         # Children outlive their cause (causation is SET_NULL); the ORM's cascade would
         # read every row into Python, so each table gets one statement.
@@ -170,7 +186,7 @@ def _prune_chunk(
         )._raw_delete(using)
         _clear_canaries(using, ids)
         result.deliveries += deliveries._raw_delete(using)
-        return OutboxEvent.objects.using(using).filter(pk__in=ids)._raw_delete(using)
+        return OutboxEvent.objects.using(using).filter(pk__in=ids)._raw_delete(using), last
 
 
 def _clear_canaries(using: str, ids: list[int]) -> None:
