@@ -74,7 +74,7 @@ def claim(
     )
     if handler is not None:
         picked = picked.filter(handler=handler)
-    else:
+    elif not isolated:  # one delivery that must run alone is not worth a token
         picked = picked.exclude(handler__in=HandlerThrottle.objects.using(using).values("handler"))
     # Handlers another live worker has and this one does not wait for that worker.
     others = fleet(using).others_handlers
