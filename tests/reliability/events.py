@@ -78,3 +78,9 @@ class Step(Event, event_type="reliability.Step"):
     """An ordered handler's workload: events appended to many streams."""
 
     n: int
+
+
+class Misbehave(Event, event_type="reliability.Misbehave"):
+    """A good handler and one misbehaving handler per fault: they run in the same batches."""
+
+    n: int

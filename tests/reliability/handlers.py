@@ -16,7 +16,19 @@ from eventbus_app import current_delivery, handler
 from eventbus_app.models import Delivery
 from tests.testapp.models import Effect
 
-from .events import NEW_CODE, Clean, Crash, Deploy, Hang, Job, Poisoned, SignedUp, Step, Tick
+from .events import (
+    NEW_CODE,
+    Clean,
+    Crash,
+    Deploy,
+    Hang,
+    Job,
+    Misbehave,
+    Poisoned,
+    SignedUp,
+    Step,
+    Tick,
+)
 
 
 def record(name: str) -> None:
@@ -189,3 +201,71 @@ def ordered_step(event: Step) -> None:
         pid=os.getpid(),
         note=f"{row.stream}:{row.position}",
     )
+
+
+# --- the faults a batch transaction used to spread (one misbehaving handler each) ----------
+
+BAD = 3  # the event each misbehaving handler misbehaves on (all others: it behaves)
+
+
+@handler(Misbehave, name="rel.mis_good")
+def mis_good(event: Misbehave) -> None:
+    """The neighbour: it also checks that no transaction-scoped state reached it."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT coalesce(current_setting('app.tenant', true), ''), "
+            "current_setting('statement_timeout'), "
+            "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND pid = pg_backend_pid())"
+        )
+        tenant, timeout, locks = cursor.fetchone()
+    ctx = current_delivery()
+    assert ctx is not None
+    Effect.objects.create(
+        handler="rel.mis_good",
+        event_id=ctx.event_id,
+        attempt=ctx.attempt,
+        pid=os.getpid(),
+        note=f"{tenant}|{timeout}|{locks}",
+    )
+
+
+@handler(Misbehave, name="rel.mis_deferred_fk", max_attempts=2)
+def mis_deferred_fk(event: Misbehave) -> None:
+    from tests.testapp.models import Child
+
+    record("rel.mis_deferred_fk")
+    if event.n == BAD:
+        Child.objects.create(parent_id=10**12)  # fails at COMMIT only
+
+
+@handler(Misbehave, name="rel.mis_nul", max_attempts=2)
+def mis_nul(event: Misbehave) -> None:
+    if event.n == BAD:
+        raise ValueError("a NUL \x00 in the message")
+    record("rel.mis_nul")
+
+
+@handler(Misbehave, name="rel.mis_state")
+def mis_state(event: Misbehave) -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('app.tenant', 'acme', true)")
+        cursor.execute("SET LOCAL statement_timeout = '4321s'")
+        cursor.execute("SELECT pg_advisory_xact_lock(4242)")
+    record("rel.mis_state")
+
+
+@handler(Misbehave, name="rel.mis_on_commit")
+def mis_on_commit(event: Misbehave) -> None:
+    from django.db import transaction
+
+    record("rel.mis_on_commit")
+
+    def broker_down() -> None:
+        raise ConnectionError("broker down")
+
+    transaction.on_commit(broker_down)
