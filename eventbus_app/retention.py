@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
@@ -172,6 +172,9 @@ def _prune_chunk(
         ids = list(selection.filter(pk__in=ids).values_list("pk", flat=True))
         if not ids:
             return 0, last
+        if connections[using].vendor == "postgresql":
+            _delete_postgresql(using, ids, result)
+            return len(ids), last
         deliveries = Delivery.objects.using(using).filter(event_id__in=ids)
         # Children outlive their cause (causation is SET_NULL); the ORM's cascade would
         # read every row into Python, so each table gets one statement.
@@ -187,6 +190,39 @@ def _prune_chunk(
         _clear_canaries(using, ids)
         result.deliveries += deliveries._raw_delete(using)
         return OutboxEvent.objects.using(using).filter(pk__in=ids)._raw_delete(using), last
+
+
+def _delete_postgresql(using: str, ids: list[int], result: PruneResult) -> None:
+    """The same deletes as the generic path, in one statement with the ids as one array
+    parameter (a chunk's IN lists cost more than the deletes). Foreign keys are checked at
+    COMMIT (Django makes them deferrable), and a child event that is deleted too is not
+    also updated (one statement may not change a row twice)."""
+    qn = connections[using].ops.quote_name
+    ev, dl = qn(OutboxEvent._meta.db_table), qn(Delivery._meta.db_table)
+    at, op = qn(DeliveryAttempt._meta.db_table), qn(OperatorAction._meta.db_table)
+    from .models import RetryCampaign
+
+    rc = qn(RetryCampaign._meta.db_table)
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            f"WITH d AS (SELECT id FROM {dl} WHERE event_id = ANY(%(ids)s)), "
+            f"c AS (UPDATE {ev} SET causation_id = NULL WHERE causation_id = ANY(%(ids)s) "
+            "AND NOT (id = ANY(%(ids)s)) RETURNING 1), "
+            f"a AS (DELETE FROM {at} WHERE delivery_id IN (SELECT id FROM d) RETURNING 1), "
+            f"o AS (DELETE FROM {op} WHERE event_id = ANY(%(ids)s) "
+            "OR delivery_id IN (SELECT id FROM d) RETURNING 1), "
+            f"r AS (UPDATE {rc} SET canary_id = NULL WHERE canary_id IN (SELECT id FROM d) "
+            "RETURNING 1), "
+            f"x AS (DELETE FROM {dl} WHERE id IN (SELECT id FROM d) RETURNING 1), "
+            f"e AS (DELETE FROM {ev} WHERE id = ANY(%(ids)s) RETURNING 1) "
+            "SELECT (SELECT count(*) FROM a), (SELECT count(*) FROM x), "
+            "(SELECT count(*) FROM c), (SELECT count(*) FROM o), (SELECT count(*) FROM r), "
+            "(SELECT count(*) FROM e)",
+            {"ids": ids},
+        )
+        row = cursor.fetchone()
+    result.attempts += row[0]
+    result.deliveries += row[1]
 
 
 def _clear_canaries(using: str, ids: list[int]) -> None:
