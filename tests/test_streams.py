@@ -26,6 +26,7 @@ from eventbus_app.exceptions import AggregateError, EventDefinitionError
 from eventbus_app.models import Delivery, OutboxEvent, Snapshot
 from eventbus_app.streams import Aggregate, applies, read
 from eventbus_app.testing import drain
+from eventbus_app.testing.factories import OutboxEventFactory
 from tests.conftest import ROOT
 from tests.testapp.models import Effect
 
@@ -147,11 +148,10 @@ def test_upcasters_run_as_a_chain_from_each_stored_version() -> None:
         return {**payload, "source": "upcast"}
 
     for version, payload in ((1, {"name": "Ann"}), (2, {"full_name": "Bob"})):
-        OutboxEvent.objects.create(
+        OutboxEventFactory(
             event_type="t.Renamed",
             version=version,
             payload=payload,
-            correlation_id="00000000-0000-0000-0000-000000000001",
             stream="person-1",
             position=version,
         )
@@ -179,12 +179,7 @@ def test_handlers_see_upcast_events(register: Any) -> None:
     def priced(event: Priced) -> None:
         seen.append(event)
 
-    OutboxEvent.objects.create(
-        event_type="t.Priced",
-        version=1,
-        payload={"euros": 3},
-        correlation_id="00000000-0000-0000-0000-000000000002",
-    )
+    OutboxEventFactory(event_type="t.Priced", version=1, payload={"euros": 3})
     drain()
     assert seen == [Priced(cents=300)]
 
