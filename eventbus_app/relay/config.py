@@ -10,7 +10,15 @@ from django.core.exceptions import ImproperlyConfigured
 from ..conf import eventbus_settings
 
 # Keys every relay / source understands; anything else is the backend's own option.
-RELAY_KEYS = ("BACKEND", "URL", "EVENT_TYPES", "SOURCE", "MAX_ATTEMPTS", "TIMEOUT")
+RELAY_KEYS = (
+    "BACKEND",
+    "URL",
+    "EVENT_TYPES",
+    "SOURCE",
+    "MAX_ATTEMPTS",
+    "HANDLER_TIMEOUT",
+    "TIMEOUT",
+)
 SOURCE_KEYS = ("BACKEND", "URL", "DATABASE")
 
 
@@ -71,7 +79,7 @@ def install_relays() -> list[str]:
                 # One at a time per stream, in position order: per-stream order at the broker.
                 ordered=True,
                 max_attempts=options.get("MAX_ATTEMPTS"),
-                timeout=options.get("TIMEOUT"),
+                timeout=options.get("HANDLER_TIMEOUT"),  # TIMEOUT is per broker call
             )
         )
         names.append(name)

@@ -48,7 +48,7 @@ def need_broker(backend: str) -> None:
 def unique_options(backend: str, url: str | None = None) -> dict[str, Any]:
     """Broker names of this test only (exchange, queue, stream, key): runs do not mix."""
     tag = f"{os.environ.get('EVENTBUS_TEST_SUFFIX', 'main')}_{uuid.uuid4().hex[:8]}"
-    options: dict[str, Any] = {"BACKEND": backend, "URL": url or URLS[backend], "TIMEOUT": 5}
+    options: dict[str, Any] = {"BACKEND": backend, "URL": url or URLS[backend], "TIMEOUT": 3}
     if backend == "rabbitmq":
         options.update(EXCHANGE=f"eventbus_test_{tag}", QUEUE=f"eventbus_test_{tag}")
     elif backend == "nats":
@@ -113,7 +113,7 @@ class OwnServer:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.kind} did not start on {self.port}")
             time.sleep(0.05)
-        time.sleep(0.3)  # JetStream is ready a moment after the port
+        time.sleep(1.0 if self.kind == "nats" else 0.2)  # JetStream needs a moment more
 
     def stop(self) -> None:
         if self.proc is not None:
