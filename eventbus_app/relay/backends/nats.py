@@ -129,7 +129,7 @@ class Consumer(BaseConsumer):
         async def fetch() -> list[Any]:
             try:
                 return list(await self.sub.fetch(limit, timeout=timeout))
-            except nats.errors.TimeoutError:
+            except (TimeoutError, nats.errors.TimeoutError):  # nothing came
                 return []
 
         return [Received(body=m.data, token=m) for m in self.loop.run(fetch(), timeout + 10)]
