@@ -144,7 +144,7 @@ SELECT id FROM walk
 WHERE (k IS NOT NULL AND k ILIKE %s)
    OR (jsonb_typeof(v) NOT IN ('object', 'array')
        AND (k IS NULL OR NOT (lower(k) = ANY(%s)))
-       AND v #>> '{{}}' ILIKE %s)
+       AND (v #>> '{{}}' ILIKE %s OR v::text ILIKE %s))
 """
 
 
@@ -175,7 +175,9 @@ def search_events(queryset: QuerySet[Any], term: str) -> QuerySet[Any]:
         table = connections[using].ops.quote_name(OutboxEvent._meta.db_table)
         sql = _REDACTED_MATCH.format(table=table, candidates=candidates)
         pattern = _like(term)
-        matched = RawSQL(sql, (*params, fields, pattern, fields, pattern))
+        # A scalar matches by its text or by its JSON text (a search for '"k"', quoted, as
+        # the SQLite path matches it in the dumped payload).
+        matched = RawSQL(sql, (*params, fields, pattern, fields, pattern, pattern))
         return queryset.filter(pk__in=matched)
     # SQLite (development): check the newest candidates' redacted text in Python.
     ids = [
