@@ -16,18 +16,18 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from eventbus_app.models import OutboxEvent
+from eventbus_app.relay.backends import load_backend
 from eventbus_app.relay.backends.base import Message
 from eventbus_app.relay.cloudevents import encode
 
-from .conftest import unique_options
+from .conftest import need_broker, unique_options
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.django_db(transaction=True)]
 
 
 def publish(options: dict[str, Any], numbers: range) -> list[str]:
-    from eventbus_app.relay.backends.redis import Publisher
-
-    publisher = Publisher("sender", options)
+    backend = load_backend(options["BACKEND"])
+    publisher = backend.Publisher("sender", options)
     ids = []
     try:
         for n in numbers:
@@ -70,11 +70,15 @@ def assert_all_once_in_order(source: str, ids: list[str]) -> None:
         assert numbers == sorted(numbers), f"{stream} out of order"
 
 
+@pytest.mark.parametrize("backend", ["redis", "rabbitmq", "nats"])
 def test_sigterm_and_sigkill_lose_nothing(
-    redis_server: None, spawn: Callable[..., Any], worker_env: dict[str, str]
+    backend: str, spawn: Callable[..., Any], worker_env: dict[str, str]
 ) -> None:
-    options = unique_options("redis")
+    need_broker(backend)
+    options = unique_options(backend)
     env = env_for(worker_env, "sig", options)
+    # The receiving side's queue / group / durable consumer exists before anything is sent.
+    load_backend(backend).Consumer("sig", options).close()
     ids = publish(options, range(300))
     args = ("eventbus_consume", "sig", "--batch", "10", "--report", "0.2")
 

@@ -6,7 +6,14 @@ committed.
 Options: ``URL`` (``nats://127.0.0.1:4222``), ``STREAM`` (``"EVENTBUS"``, created if missing,
 with subjects ``<SUBJECT_PREFIX>.>``), ``SUBJECT_PREFIX`` (``"eventbus"``: an event goes to
 ``eventbus.<event type>``), ``DUPLICATE_WINDOW`` (seconds, 120); sources also ``DURABLE``
-(the consumer's durable name, ``"eventbus_<name>"``) and ``FILTER`` (``"<prefix>.>"``).
+(the consumer's durable name, ``"eventbus_<name>"``), ``FILTER`` (``"<prefix>.>"``),
+``MAX_ACK_PENDING`` (1: see below) and ``ACK_WAIT`` (seconds, 10: how soon a dead
+consumer's message is given again).
+
+``MAX_ACK_PENDING`` = 1 keeps per-stream order across a consumer's crash: JetStream gives
+the one unacked message again before any later one. With more in flight, a crash lets
+later messages overtake the unacked ones (they come back after ``ACK_WAIT``): faster, but
+the receiver's order per stream may then differ from the sender's.
 
 nats-py is asyncio; both classes run their own event loop in a thread, so the relay stays a
 plain (synchronous) handler and the connection lives across deliveries.
@@ -21,7 +28,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import nats
-from nats.js.api import StreamConfig
+from nats.js.api import ConsumerConfig, StreamConfig
 from nats.js.errors import NotFoundError
 
 from .base import Consumer as BaseConsumer
@@ -108,6 +115,7 @@ class Publisher(BasePublisher):
 class Consumer(BaseConsumer):
     def __init__(self, name: str, options: dict[str, Any]) -> None:
         super().__init__(name, options)
+        self.max_ack_pending = int(options.get("MAX_ACK_PENDING", 1))
         self.loop = _Loop()
         try:
             self.nc = self.loop.run(_connect(options), 10)
@@ -118,6 +126,13 @@ class Consumer(BaseConsumer):
                     options.get("FILTER", f"{prefix}.>"),
                     durable=options.get("DURABLE", f"eventbus_{name}"),
                     stream=options.get("STREAM", "EVENTBUS"),
+                    config=ConsumerConfig(
+                        # 1: a consumer that dies holds one message, which JetStream gives
+                        # again (after ACK_WAIT) before any later one: per-stream order
+                        # survives crashes. More: faster, but a crash may reorder.
+                        max_ack_pending=self.max_ack_pending,
+                        ack_wait=float(options.get("ACK_WAIT", 10)),
+                    ),
                 ),
                 10,
             )
@@ -128,7 +143,10 @@ class Consumer(BaseConsumer):
     def receive(self, limit: int, timeout: float) -> list[Received]:
         async def fetch() -> list[Any]:
             try:
-                return list(await self.sub.fetch(limit, timeout=timeout))
+                # Never ask for more than may be in flight: fetch would wait out its
+                # timeout for messages the server cannot send yet.
+                batch = min(limit, self.max_ack_pending)
+                return list(await self.sub.fetch(batch, timeout=timeout))
             except (TimeoutError, nats.errors.TimeoutError):  # nothing came
                 return []
 
