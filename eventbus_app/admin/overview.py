@@ -46,6 +46,11 @@ class OverviewPage(admin.ModelAdmin):
                 self.admin_site.admin_view(require_POST(self.pause_view)),
                 name="eventbus_app_pause",
             ),
+            path(
+                "overview/throttle/",
+                self.admin_site.admin_view(require_POST(self.throttle_view)),
+                name="eventbus_app_throttle",
+            ),
         ]
 
     def overview_view(self, request: HttpRequest) -> HttpResponse:
@@ -59,6 +64,34 @@ class OverviewPage(admin.ModelAdmin):
             "can_pause": request.user.has_perm(RETRY_PERM),
         }
         return TemplateResponse(request, "admin/eventbus_app/overview.html", context)
+
+    def throttle_view(self, request: HttpRequest) -> HttpResponse:
+        """Next to Pause: at most N deliveries per second for a handler, or no limit."""
+        from ..exceptions import EventBusError
+        from ..models import HandlerThrottle
+        from ..throttle import set_throttle
+
+        if not request.user.has_perm(RETRY_PERM):
+            raise PermissionDenied
+        handler = request.POST.get("handler", "")
+        raw = request.POST.get("rate", "").strip()
+        if handler not in all_handlers():
+            self.message_user(request, f"Unknown handler {handler!r}.", messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:eventbus_app_overview"))
+        try:
+            rate = float(raw) if raw else None
+            set_throttle(handler, rate, actor=actor(request), using=write_db(HandlerThrottle))
+        except (ValueError, EventBusError) as exc:
+            self.message_user(request, f"Not throttled: {exc} (rate {raw!r}).", messages.ERROR)
+        else:
+            self.message_user(
+                request,
+                f"Handler {handler}: at most {rate:g} deliveries per second across all workers."
+                if rate
+                else f"Handler {handler}: no rate limit.",
+                messages.SUCCESS,
+            )
+        return HttpResponseRedirect(reverse("admin:eventbus_app_overview"))
 
     def pause_view(self, request: HttpRequest) -> HttpResponse:
         if not request.user.has_perm(RETRY_PERM):

@@ -328,8 +328,12 @@ def _overview_figures(using: str) -> dict[str, Any]:
         row["hour_failed"] += last_hour
         hourly_failed[hour] = hourly_failed.get(hour, 0) + charted
     busiest = max([1, *(r["day_ok"] + r["day_failed"] for r in handlers.values())])
+    from ..throttle import throttles
+
+    rates = throttles(using)
     for row in handlers.values():
         row["paused"] = row["name"] in paused
+        row["throttle"] = rates.get(row["name"])
         row["registered"] = row["name"] in registered
         # Widths (percent of the busiest handler) of its 24-hour bar in the table.
         row["ok_pct"] = round(100 * row["day_ok"] / busiest, 1)

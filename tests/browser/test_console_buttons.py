@@ -125,3 +125,31 @@ def test_the_lists_fit_a_laptop_screen_and_show_no_emoji(
             assert not EMOJI.search(page.inner_text("body")), url
         page.goto("/admin/eventbus_app/outboxevent/overview/")
         assert "now" in (page.text_content("#chart-now") or "")
+
+
+def test_throttle_next_to_pause_is_set_and_lifted_by_clicking(
+    browser: Callable[..., Any], seeded: list[DeadLetter]
+) -> None:
+    from eventbus_app.models import HandlerThrottle, OperatorAction
+
+    with browser() as page:
+        login(page, "root", PASSWORD)
+        page.goto("/admin/eventbus_app/outboxevent/overview/")
+        row = page.locator("#handlers tr", has_text=CHAT)
+        row.locator("input[name=rate]").fill("2.5")
+        row.locator("input[value=Throttle]").click()
+        page.wait_for_url("**/overview/")
+        assert "at most 2.5 deliveries per second" in page.inner_text(".messagelist")
+        row = page.locator("#handlers tr", has_text=CHAT)
+        assert "at most 2.5/s" in row.inner_text()
+        row.locator("input[value='No limit']").click()
+        page.wait_for_url("**/overview/")
+        assert "no rate limit" in page.inner_text(".messagelist")
+    # (The database is checked after the browser: its driver runs an event loop here.)
+    assert not HandlerThrottle.objects.filter(handler=CHAT).exists()
+    kinds = list(
+        OperatorAction.objects.filter(kind="throttle", handler=CHAT)
+        .order_by("id")
+        .values_list("actor", "detail")
+    )
+    assert kinds == [("root", {"rate": 2.5}), ("root", {"rate": None})]
