@@ -31,6 +31,7 @@ from .common import (
     plural,
     write_db,
 )
+from .event_map import EventMapPage
 from .overview import OverviewPage
 from .queries import (
     SEARCH_WINDOW,
@@ -68,7 +69,7 @@ class EventChangeList(ChangeList):
 
 
 @admin.register(OutboxEvent)
-class OutboxEventAdmin(OverviewPage, StreamPage, AuditRecordAdmin):
+class OutboxEventAdmin(OverviewPage, StreamPage, EventMapPage, AuditRecordAdmin):
     list_display = ["id", "event_type", "created", "correlation", "delivery_summary", "data"]
     list_filter = [OutboxEventTypeFilter, "created_at", DeliveryStateFilter]
     search_help_text = (
@@ -188,6 +189,7 @@ class OutboxEventAdmin(OverviewPage, StreamPage, AuditRecordAdmin):
             ),
             *self.overview_urls(),
             *self.stream_urls(),
+            *self.event_map_urls(),
         ]
         return own + super().get_urls()
 
