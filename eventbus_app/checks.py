@@ -73,6 +73,19 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             )
         if eventbus_settings.NOTIFY:
             errors += notify_messages(settings.DATABASES, eventbus_settings.DATABASES)
+        if eventbus_settings.RETENTION is not None:
+            from .retention import parse_age
+
+            try:
+                parse_age(eventbus_settings.RETENTION, "EVENTBUS['RETENTION']")
+            except ValueError as exc:
+                errors.append(
+                    Error(
+                        str(exc),
+                        hint="Use an age such as '30d', or None to keep events for ever.",
+                        id="eventbus_app.E006",
+                    )
+                )
     return errors
 
 

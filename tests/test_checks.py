@@ -203,3 +203,11 @@ def test_a_sweep_over_several_databases_must_fit_in_the_task_timeout(
         EVENTBUS={"DISPATCH_SECONDS": 10, "HANDLER_TIMEOUT": 5},
     ):
         assert check_django_q() == []  # one database: W017's rule, which 25 s meets
+
+
+def test_a_retention_that_is_not_an_age_fails_the_checks() -> None:
+    with override_settings(EVENTBUS={"RETENTION": "thirty days"}):
+        [error] = [m for m in check_settings() if m.id == "eventbus_app.E006"]
+        assert "'thirty days' is not an age" in error.msg
+    with override_settings(EVENTBUS={"RETENTION": "30d"}):
+        assert check_settings() == []
