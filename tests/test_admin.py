@@ -380,3 +380,19 @@ def test_every_field_type_renders_escaped(admin_client: Client) -> None:
     ).content.decode()
     assert XSS not in page
     assert "Zürich" in page
+
+
+@pytest.mark.django_db
+def test_a_delayed_event_shows_when_it_falls_due(admin_client: Any) -> None:
+    from datetime import timedelta
+
+    from eventbus_app import emit
+    from tests.testapp.events import Work
+
+    record = emit(Work(key="later"), deliver_after=timedelta(hours=2))
+    page = admin_client.get(f"/admin/eventbus_app/outboxevent/{record.pk}/change/")
+    text = page.content.decode()
+    assert "Falls due" in text
+    assert "(in 1 h 59 min)" in text or "(in 2 h 0 min)" in text
+    listing = admin_client.get("/admin/eventbus_app/outboxevent/").content.decode()
+    assert "not fanned out yet; falls due" in listing

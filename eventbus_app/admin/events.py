@@ -85,13 +85,20 @@ class OutboxEventAdmin(OverviewPage, StreamPage, EventMapPage, AuditRecordAdmin)
     # The payload is shown redacted by the template, never as a raw field.
     fields = (
         "id",
+        "uuid",
         "event_type",
         "version",
+        "stream",
+        "position",
+        "source",
         "correlation_id",
         "causation",
+        "emitted_by",
         "depth",
         "created_at",
+        "falls_due",
         "dispatched_at",
+        "traceparent",
     )
     readonly_fields = fields
 
@@ -107,12 +114,29 @@ class OutboxEventAdmin(OverviewPage, StreamPage, EventMapPage, AuditRecordAdmin)
     def created(self, obj: OutboxEvent) -> str:
         return timezone.localtime(obj.created_at).strftime("%Y-%m-%d %H:%M:%S")
 
+    @admin.display(description="falls due")
+    def falls_due(self, obj: OutboxEvent) -> str:
+        """emit(deliver_after=...): when its handlers may run (and how long until then)."""
+        if obj.deliver_after is None:
+            return "at once"
+        when = timezone.localtime(obj.deliver_after).strftime("%Y-%m-%d %H:%M:%S")
+        left = (obj.deliver_after - timezone.now()).total_seconds()
+        if left <= 0:
+            return f"{when} (due)"
+        return f"{when} (in {int(left // 3600)} h {int(left % 3600 // 60)} min)"
+
+    @admin.display(description="deliveries")
+    def delivery_summary(self, obj: OutboxEvent) -> str:
+        summary = self._delivery_summary(obj)
+        if obj.deliver_after is not None and obj.deliver_after > timezone.now():
+            return f"{summary}; falls due {timezone.localtime(obj.deliver_after):%Y-%m-%d %H:%M}"
+        return summary
+
     @admin.display(description="correlation")
     def correlation(self, obj: OutboxEvent) -> str:
         return str(obj.correlation_id)[:8]
 
-    @admin.display(description="deliveries")
-    def delivery_summary(self, obj: OutboxEvent) -> str:
+    def _delivery_summary(self, obj: OutboxEvent) -> str:
         if obj.dispatched_at is None:
             return "not fanned out yet"
         counts: dict[str, int] = getattr(obj, "delivery_counts", None) or {}
