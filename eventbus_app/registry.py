@@ -135,15 +135,7 @@ def handler(
             retry_on=tuple(retry_on),
             dead_on=tuple(dead_on),
         )
-        if not spec.name or len(spec.name) > 255:
-            raise HandlerRegistrationError(f"handler name must be 1-255 characters: {spec.name!r}")
-        existing = _handlers.get(spec.name)
-        if existing is not None and existing.location != spec.location:
-            raise HandlerRegistrationError(
-                f"handler name {spec.name!r} is taken by {existing.location}; "
-                f"{spec.location} needs another name=..."
-            )
-        _handlers[spec.name] = spec  # a re-imported module replaces its own handler
+        register_spec(spec)
         return func
 
     return decorate
@@ -168,15 +160,15 @@ def _check_takes_the_event(func: Callable[..., Any], event_cls: type[Event]) -> 
 
 
 def register_spec(spec: HandlerSpec) -> HandlerSpec:
-    """Register a handler built in code (relays register theirs this way at start-up);
-    the same name rules as @handler."""
+    """Register a handler (what @handler does; relays register theirs this way at
+    start-up). A re-imported module replaces its own handler."""
     if not spec.name or len(spec.name) > 255:
         raise HandlerRegistrationError(f"handler name must be 1-255 characters: {spec.name!r}")
     existing = _handlers.get(spec.name)
     if existing is not None and existing.location != spec.location:
         raise HandlerRegistrationError(
             f"handler name {spec.name!r} is taken by {existing.location}; "
-            f"{spec.location} needs another name"
+            f"{spec.location} needs another name=..."
         )
     _handlers[spec.name] = spec
     return spec
