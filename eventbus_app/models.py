@@ -264,6 +264,19 @@ class Delivery(models.Model):
                 name="eventbus_delivery_stream_idx",
                 condition=~models.Q(stream=""),
             ),
+            # Ordered claims and held streams: the unsettled rows of streams only (the claim's
+            # "is an earlier one unsettled?" reads nothing else).
+            models.Index(
+                fields=["handler", "stream", "position"],
+                name="eventbus_unsettled_stream_idx",
+                condition=~models.Q(stream="") & ~models.Q(status__in=["succeeded", "discarded"]),
+            ),
+            # Failure groups: dead letters by handler and exception class, newest first.
+            models.Index(
+                fields=["handler", "error_class", "finished_at"],
+                name="eventbus_dead_group_idx",
+                condition=models.Q(status="dead"),
+            ),
             # The console's overview: the last day's successes per handler, without reading
             # every succeeded row (millions) to find them.
             models.Index(
