@@ -53,7 +53,7 @@ def to_cloudevent(record: OutboxEvent, source: str) -> dict[str, Any]:
         event["sequence"] = str(record.position)
     if causation is not None:
         event["causationid"] = str(causation)
-    traceparent = getattr(record, "traceparent", "")  # stored by a tracing integration
+    traceparent = record.traceparent  # stored by emit() when OpenTelemetry is on
     if traceparent:
         event["traceparent"] = traceparent
     return event
@@ -75,6 +75,7 @@ class Incoming:
     subject: str
     correlation_id: UUID | None
     causation_uuid: UUID | None
+    traceparent: str
     data: dict[str, Any]
 
 
@@ -119,6 +120,9 @@ def decode(body: bytes) -> Incoming:
         raise UnreadableMessage("subject (the stream) must be a string of 200 characters at most")
     if len(event["type"]) > 200:
         raise UnreadableMessage("type is longer than 200 characters")
+    traceparent = event.get("traceparent") or ""
+    if not isinstance(traceparent, str) or len(traceparent) > 55:
+        traceparent = ""  # not W3C trace context: the trace is lost, the event is not
     return Incoming(
         uuid=_uuid(event["id"], "id"),
         source=event["source"],
@@ -132,5 +136,6 @@ def decode(body: bytes) -> Incoming:
         causation_uuid=(
             _uuid(event["causationid"], "causationid") if event.get("causationid") else None
         ),
+        traceparent=traceparent,
         data=data,
     )

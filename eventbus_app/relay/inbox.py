@@ -86,6 +86,7 @@ def _store(source: str, incoming: Incoming, using: str) -> Outcome:
                     stream=incoming.subject,
                     position=position,
                     source=source,
+                    traceparent=incoming.traceparent,  # the sender's trace continues here
                 )
         except IntegrityError:
             # Another consumer stored the same uuid between our check and insert.

@@ -82,3 +82,18 @@ def test_unreadable_uuid_is_per_source() -> None:
     inbox.receive("b", b"junk")
     assert OutboxEvent.objects.filter(event_type=inbox.UNREADABLE_TYPE).count() == 2
     assert uuid.UUID(str(OutboxEvent.objects.first().uuid))  # type: ignore[union-attr]
+
+
+def test_traceparent_goes_out_and_comes_back_in() -> None:
+    from eventbus_app import emit
+    from eventbus_app.relay.cloudevents import to_cloudevent
+
+    trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    record = emit(InvoicePaid(invoice=1))
+    OutboxEvent.objects.filter(pk=record.pk).update(traceparent=trace)
+    record.refresh_from_db()
+    assert to_cloudevent(record, "/shop")["traceparent"] == trace
+    assert "traceparent" not in to_cloudevent(emit(InvoicePaid(invoice=2)), "/shop")
+
+    inbox.receive("shop", encode(cloudevent(traceparent=trace)))
+    assert OutboxEvent.objects.get(source="shop").traceparent == trace
