@@ -30,6 +30,7 @@ from .conftest import unique_options
 pytestmark = [
     pytest.mark.subprocess,
     pytest.mark.reliability,
+    pytest.mark.postgres,  # two services with their own databases and several workers
     pytest.mark.django_db(transaction=True, databases=["default", "other"]),
 ]
 
