@@ -11,6 +11,7 @@ PostgreSQL is reached on ``EVENTBUS_PG_HOST``/``EVENTBUS_PG_PORT`` (127.0.0.1:54
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
@@ -93,6 +94,9 @@ EVENTBUS: dict[str, object] = {
     "DISPATCH_SECONDS": 10,
     "NOTIFY": os.environ.get("BENCH_NOTIFY") == "1",  # the latency run's second cluster
 }
+# ``BENCH_EVENTBUS`` (a JSON object) is merged over EVENTBUS, for runs of other settings
+# (e.g. '{"HANDLER_SYNCHRONOUS_COMMIT": false}').
+EVENTBUS.update(json.loads(os.environ.get("BENCH_EVENTBUS") or "{}"))
 
 DJANGO_DOMAIN_EVENTS = {
     "WARN_OUTSIDE_ATOMIC": False,

@@ -54,7 +54,16 @@ def test_ordered_handler_keeps_per_stream_order_under_kill_9(
             workers.drain()
         return False
 
-    wait_until(finished, 300, "every stream to complete")
+    try:
+        wait_until(finished, 300, "every stream to complete")
+    except AssertionError:
+        stuck = list(
+            Delivery.objects.exclude(status=Status.SUCCEEDED)
+            .order_by("stream", "position")
+            .values_list("stream", "position", "status", "attempts", "isolate", "in_flight")[:20]
+        )
+        errors = set(Delivery.objects.exclude(last_error="").values_list("error_class", flat=True))
+        raise AssertionError(f"stuck (first 20): {stuck}; errors seen: {errors}") from None
     elapsed = time.monotonic() - started
     per: dict[str, list[int]] = defaultdict(list)
     for note in (
