@@ -269,3 +269,21 @@ def mis_on_commit(event: Misbehave) -> None:
         raise ConnectionError("broker down")
 
     transaction.on_commit(broker_down)
+
+
+# --- a throttled handler shared by several workers -------------------------------------------
+
+
+@handler(Tick, name="rel.throttled", max_attempts=1)
+def throttled(event: Tick) -> None:
+    """Records when it started, by the database's clock (workers' clocks may differ)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT extract(epoch from clock_timestamp())")
+        started = float(cursor.fetchone()[0])
+    ctx = current_delivery()
+    assert ctx is not None
+    Effect.objects.create(
+        handler="rel.throttled", event_id=ctx.event_id, pid=os.getpid(), note=f"{started:.6f}"
+    )
