@@ -57,3 +57,21 @@ def test_the_event_map_draws_handlers_chains_and_flags(
         assert "flowchart LR" in (page.text_content("#event-map-mermaid") or "")
         # No script and no external resource on the page.
         assert page.locator("script[src^='http']").count() == 0
+
+
+def test_a_delayed_event_shows_when_it_falls_due(browser: Callable[..., Any]) -> None:
+    from datetime import timedelta
+
+    from eventbus_app import emit
+    from tests.testapp.events import Work
+
+    User.objects.create_superuser("root", "root@example.com", "pw")
+    record = emit(Work(key="later"), deliver_after=timedelta(hours=3))
+    with browser() as page:
+        login(page, "root", "pw")
+        page.goto("/admin/eventbus_app/outboxevent/")
+        row = page.locator("#result_list tr", has_text="testapp.Work")
+        assert "falls due" in row.inner_text()
+        page.goto(f"/admin/eventbus_app/outboxevent/{record.pk}/change/")
+        due = page.locator(".field-falls_due").inner_text()
+        assert "(in 2 h 59 min)" in due or "(in 3 h 0 min)" in due
