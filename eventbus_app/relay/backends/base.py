@@ -24,6 +24,7 @@ dead letters, order per stream and the console come from the relay being a handl
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +52,7 @@ class Received:
     token: Any = None
 
 
-class Publisher:
+class Publisher(ABC):
     """Publishes to one broker for one relay. One instance per relay and process, reused
     across deliveries; it is closed and made again after any error.
 
@@ -65,14 +66,16 @@ class Publisher:
         self.options = options
         self.timeout = float(options.get("TIMEOUT", 10.0))
 
+    @abstractmethod
     def publish(self, message: Message) -> None:
-        raise NotImplementedError
+        """Send ``message``; return once the broker confirmed it, raise otherwise."""
 
     def close(self) -> None:
         """Release the connection; never raises."""
+        return None  # a backend without a connection has nothing to release
 
 
-class Consumer:
+class Consumer(ABC):
     """Receives for one source (``manage.py eventbus_consume NAME``).
 
     ``receive`` waits at most ``timeout`` seconds and returns up to ``limit`` messages;
@@ -85,11 +88,13 @@ class Consumer:
         self.name = name
         self.options = options
 
+    @abstractmethod
     def receive(self, limit: int, timeout: float) -> list[Received]:
-        raise NotImplementedError
+        """Up to ``limit`` messages, waiting at most ``timeout`` seconds for the first."""
 
+    @abstractmethod
     def ack(self, message: Received) -> None:
-        raise NotImplementedError
+        """Tell the broker ``message`` is stored (after the inbox committed it)."""
 
     def lag(self) -> int | None:
         """Messages waiting for this source at the broker (None: the broker cannot say)."""
@@ -97,3 +102,4 @@ class Consumer:
 
     def close(self) -> None:
         """Release the connection; never raises. Unacked messages go back to the broker."""
+        return None  # a backend without a connection has nothing to release
