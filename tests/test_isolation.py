@@ -324,3 +324,35 @@ def test_timeouts_work_outside_the_main_thread(register: Any, good: str) -> None
     assert_neighbour_unharmed(good, 3)
     bad = Delivery.objects.get(handler="t.spins", event__payload__n=1)
     assert bad.status == Status.DEAD and "timed out after 0.5 s" in bad.last_error
+
+
+def test_sys_exit_and_an_unprintable_error_fail_only_their_delivery(
+    register: Any, good: str
+) -> None:
+    import sys
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no text for you")
+
+    @register(Probe, name="t.exits", max_attempts=1)
+    def exits(event: Probe) -> None:
+        if event.n == 1:
+            sys.exit(3)
+
+    @register(Probe, name="t.unprintable", max_attempts=1)
+    def unprintable(event: Probe) -> None:
+        if event.n == 2:
+            raise Unprintable
+
+    emit_probes(4)
+    drain()
+    assert_neighbour_unharmed(good, 4)
+    exited = Delivery.objects.get(handler="t.exits", event__payload__n=1)
+    assert exited.status == Status.DEAD and exited.last_error.startswith("SystemExit: 3")
+    bad = Delivery.objects.get(handler="t.unprintable", event__payload__n=2)
+    assert bad.status == Status.DEAD
+    assert "Unprintable: <str() of the exception raised RuntimeError>" in bad.last_error
+    for name in ("t.exits", "t.unprintable"):
+        others = Delivery.objects.filter(handler=name).exclude(status=Status.DEAD)
+        assert set(others.values_list("status", flat=True)) == {Status.SUCCEEDED}

@@ -55,7 +55,7 @@ from ..registry import HandlerSpec, get_handler, handlers_for
 from .claim import release
 from .fanout import UNROUTABLE
 from .fleet import fleet
-from .retry import Failure, max_attempts
+from .retry import Failure, describe, max_attempts
 from .timeout import Interrupt, Limiter
 
 logger = logging.getLogger("eventbus_app.dispatch")
@@ -334,7 +334,10 @@ class _Batch:
             self._span.failed("lease_lost")
             self._lost(delivery, "while it ran")
             return
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
+            if isinstance(exc, SystemExit) and _stops_the_worker(exc):
+                raise
+            # A handler's sys.exit() is its own failure, not its worker's end.
             self._failed(delivery, spec, exc, position, at_commit=committing)
             self._span.failed(delivery.status, exc)
             return
@@ -386,7 +389,7 @@ class _Batch:
         self,
         delivery: Delivery,
         spec: HandlerSpec | None,
-        exc: Exception,
+        exc: BaseException,
         position: int,
         *,
         at_commit: bool,
@@ -400,9 +403,7 @@ class _Batch:
                 "\n(Raised while the handler's transaction was committing: its work was "
                 "rolled back.)"
             )
-            failure = Failure.of(
-                exc, delivery.attempts + 1, spec, error=f"{type(exc).__name__}: {exc}{note}"
-            )
+            failure = Failure.of(exc, delivery.attempts + 1, spec, error=f"{describe(exc)}{note}")
         else:
             failure = Failure.of(exc, delivery.attempts + 1, spec)
         self._reconnect_if_broken()
@@ -637,6 +638,11 @@ async def _call_async(func: Callable[[Any], Any], event: Event, seconds: float) 
         if scope.expired():
             raise Interrupt from None
         raise
+
+
+def _stops_the_worker(exc: SystemExit) -> bool:
+    """django-q2's TimeoutException (a SystemExit) must end the task as it intends."""
+    return type(exc).__module__.startswith("django_q")
 
 
 def _in_transaction(connection: Any) -> bool:

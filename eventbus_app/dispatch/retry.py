@@ -42,6 +42,16 @@ def storable(text: str) -> str:
     return text
 
 
+def describe(exc: BaseException) -> str:
+    """``"ValueError: the message"``, even for an exception whose ``__str__`` raises (the
+    failure of such a handler must still be recorded, not crash the dispatcher)."""
+    try:
+        text = str(exc)
+    except Exception as broken:
+        text = f"<str() of the exception raised {type(broken).__name__}>"
+    return f"{type(exc).__name__}: {text}"
+
+
 @dataclass(frozen=True)
 class Failure:
     """A failed attempt as it is recorded: message, exception class, traceback, finality."""
@@ -67,7 +77,7 @@ class Failure:
                 why = f"{type(exc).__name__} is not in {spec.name}'s retry_on"
         dead = permanent or attempt >= max_attempts(spec)
         if not error:
-            error = f"{type(exc).__name__}: {exc}"
+            error = describe(exc)
             if isinstance(exc, PermanentError):
                 error += "\n(This error is permanent: retrying cannot help, so it was not retried.)"
             elif permanent:
