@@ -84,3 +84,9 @@ class Misbehave(Event, event_type="reliability.Misbehave"):
     """A good handler and one misbehaving handler per fault: they run in the same batches."""
 
     n: int
+
+
+class Paced(Event, event_type="reliability.Paced"):
+    """One throttled handler (test_throttle.py)."""
+
+    n: int

@@ -24,6 +24,7 @@ from .events import (
     Hang,
     Job,
     Misbehave,
+    Paced,
     Poisoned,
     SignedUp,
     Step,
@@ -274,8 +275,8 @@ def mis_on_commit(event: Misbehave) -> None:
 # --- a throttled handler shared by several workers -------------------------------------------
 
 
-@handler(Tick, name="rel.throttled", max_attempts=1)
-def throttled(event: Tick) -> None:
+@handler(Paced, name="rel.throttled", max_attempts=1)
+def throttled(event: Paced) -> None:
     """Records when it started, by the database's clock (workers' clocks may differ)."""
     from django.db import connection
 

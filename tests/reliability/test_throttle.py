@@ -16,7 +16,7 @@ from eventbus_app.throttle import set_throttle
 from tests.testapp.models import Effect
 
 from .conftest import Status, Workers, report
-from .events import Tick
+from .events import Paced
 
 pytestmark = [pytest.mark.postgres, pytest.mark.reliability, pytest.mark.subprocess]
 
@@ -32,7 +32,7 @@ def test_a_throttle_holds_across_worker_processes(
     set_throttle("rel.throttled", RATE, actor="test")
     with transaction.atomic():
         for n in range(EVENTS):
-            emit(Tick(n=n))
+            emit(Paced(n=n))
     procs = [workers.drain(env=env) for _ in range(3)]
     for proc in procs:
         assert proc.wait(timeout=120) == 0, workers.output(proc)
