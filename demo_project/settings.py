@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from demo_project import bus
+
 BASE_DIR = Path(__file__).resolve().parent
 
 SECRET_KEY = os.environ.get("DEMO_SECRET_KEY", "demo-only-not-secret")
@@ -90,7 +92,14 @@ EVENTBUS = {
     "RETRY_BACKOFF": 2,
     "RETRY_BACKOFF_MAX": 60,
     "REDACT_FIELDS": ["password", "email"],
+    # The second service, billing (billing_settings.py, its own database), receives the
+    # sign-ups, orders and refunds: over http to its source view, signed with a secret both
+    # sides know, or through the broker of `manage.py demo --broker ...` (see bus.py).
+    "RELAYS": {"billing": bus.relay()},
 }
+
+# Billing's own web server, for the home page's link to it.
+DEMO_BILLING_URL = bus.billing_url()
 
 # Welcome emails land as files; the demo's Mailbox page shows them.
 EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"

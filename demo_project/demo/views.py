@@ -5,28 +5,40 @@ from pathlib import Path
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.models import User
-from django.db.models import Count, Q
+from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from eventbus_app.models import Delivery, OutboxEvent
+from eventbus_app.models import Delivery, HandlerState, OutboxEvent
 
 from . import fakes
 from .models import FakeService
 
 
-def home(request: HttpRequest) -> HttpResponse:
-    counts = Delivery.objects.aggregate(
+def _counts(deliveries: QuerySet[Delivery]) -> dict[str, int]:
+    return deliveries.aggregate(
         **{status: Count("pk", filter=Q(status=status)) for status in Delivery.Status.values}
     )
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    billing_url = getattr(settings, "DEMO_BILLING_URL", "")
     return render(
         request,
         "demo/home.html",
         {
             "services": [(name, fakes.mode(name)) for name in fakes.SERVICES],
             "modes": FakeService.Mode.choices,
-            "counts": counts,
+            "counts": _counts(Delivery.objects.all()),
+            # The second service: where it runs, and how the shop's relay to it is doing.
+            "billing_url": billing_url,
+            "relayed": _counts(Delivery.objects.filter(handler="relay:billing"))
+            if billing_url
+            else {},
+            "relay_paused": HandlerState.objects.filter(
+                handler="relay:billing", paused=True
+            ).exists(),
             "events": OutboxEvent.objects.order_by("-id")[:12],
             "users": User.objects.filter(is_staff=False).order_by("-id")[:10],
         },
