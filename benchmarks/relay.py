@@ -1,0 +1,926 @@
+"""``python -m benchmarks.relay [--size smoke|full] [--db sqlite|postgres] [--backends ...]``
+
+Relays, per backend (rabbitmq, nats, redis, http), against hand-written publish loops
+measured in the same run (see docs/BENCHMARKS.md, "Relays"):
+
+1. **throughput**: N events committed in one transaction to service A's outbox while no
+   worker runs (a backlog), then drained by one ``eventbus_drain`` process whose relay
+   publishes them; events/s from the first fan-out to the last relay delivery's success
+   (A's database clock), every delivery confirmed by the broker. Next to it, in this
+   process, the same N CloudEvent bodies published by hand with the same client library
+   and the broker's confirms: **one at a time** (publish, wait for the confirm, next) and
+   **pipelined** (the fast idiomatic loop: confirms awaited per window; http: 4 requests
+   in parallel). The ratio is relay / pipelined.
+2. **latency**: an ``emit()`` committed in service A (its own database) to the start of
+   the handler in service B (its own database), which receives through
+   ``eventbus_consume`` (brokers) or the http source view (``relay_server.py``); both services'
+   workers are real ``qcluster`` processes. p50/p99 of probes emitted one at a time at a
+   steady rate; one machine, so one clock.
+
+A backend whose broker is unreachable (or whose client is not installed) is skipped with
+the reason. Broker objects get names unique to the run and are deleted afterwards; the
+two databases (``bench_relay_a_<suffix>`` / ``bench_relay_b_<suffix>``) are made afresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import http.client
+import importlib
+import json
+import os
+import platform
+import pstats
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+BACKENDS = ("rabbitmq", "nats", "redis", "http")
+PORTS = {"rabbitmq": 5672, "nats": 4222, "redis": 6379}
+CLIENTS = {"rabbitmq": "pika", "nats": "nats", "redis": "redis"}
+URLS = {
+    "rabbitmq": "amqp://guest:guest@127.0.0.1:5672/%2F",
+    "nats": "nats://127.0.0.1:4222",
+    "redis": "redis://127.0.0.1:6379/0",
+}
+SECRET = "relay-benchmark-secret"  # the http relay signs, the http source checks
+SOURCE = "/bench-a"  # the CloudEvents source attribute of service A's relay
+
+
+@dataclass(frozen=True)
+class Size:
+    events: int  # the throughput backlog
+    window: int  # pipelined loops: confirms outstanding at once
+    latency_samples: int
+    latency_interval: float  # seconds between probes
+
+
+SIZES = {
+    "smoke": Size(events=200, window=100, latency_samples=10, latency_interval=0.02),
+    "full": Size(events=10_000, window=500, latency_samples=200, latency_interval=0.05),
+}
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One CloudEvent as the relay sends it: the hand-written loops publish these."""
+
+    id: str
+    type: str
+    body: bytes
+
+
+def _pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def unavailable(backend: str) -> str:
+    """Why ``backend`` cannot be measured here ("" when it can)."""
+    if backend == "http":
+        return ""
+    try:
+        importlib.import_module(CLIENTS[backend])
+    except ImportError as exc:
+        return f"client not installed ({exc}); pip install 'eventbus_app[{backend}]'"
+    if not listening(PORTS[backend]):
+        return f"no broker on 127.0.0.1:{PORTS[backend]}"
+    return ""
+
+
+def names(backend: str, tag: str) -> dict[str, Any]:
+    """Broker options with names of this run only (exchange, queue, stream, key)."""
+    options: dict[str, Any] = {"BACKEND": backend, "TIMEOUT": 10}
+    if backend == "http":
+        return options  # URL: the receiving service's port, known once it runs
+    options["URL"] = URLS[backend]
+    if backend == "rabbitmq":
+        options.update(EXCHANGE=f"eventbus_bench_{tag}", QUEUE=f"eventbus_bench_{tag}")
+    elif backend == "nats":
+        options.update(
+            STREAM=f"EVENTBUS_BENCH_{tag}".upper(),
+            SUBJECT_PREFIX=f"eventbus_bench_{tag}",
+            DURABLE=f"bench_{tag}",
+        )
+    else:
+        options.update(STREAM=f"eventbus_bench_{tag}")
+    return options
+
+
+# --- databases and processes --------------------------------------------------------------
+
+
+def _pg_admin() -> Any:
+    import psycopg
+
+    return psycopg.connect(
+        host=os.environ.get("EVENTBUS_PG_HOST", "127.0.0.1"),
+        port=os.environ.get("EVENTBUS_PG_PORT", "5432"),
+        user=os.environ.get("EVENTBUS_PG_USER", "postgres"),
+        dbname="postgres",
+        autocommit=True,
+    )
+
+
+def create_databases(db: str) -> None:
+    from . import relay_settings
+
+    for service in ("a", "b"):
+        name = relay_settings.database_name(service)
+        if db == "postgres":
+            with _pg_admin() as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                conn.execute(f'CREATE DATABASE "{name}"')
+        else:
+            for ext in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(name + ext)
+
+
+def drop_databases(db: str) -> None:
+    from django.db import connections
+
+    from . import relay_settings
+
+    connections.close_all()
+    for service in ("a", "b"):
+        name = relay_settings.database_name(service)
+        if db == "postgres":
+            with _pg_admin() as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        else:
+            for ext in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(name + ext)
+
+
+def reset(using: str) -> None:
+    """Empty the eventbus, django-q2 and probe tables of one service's database."""
+    from django.apps import apps
+    from django.db import connections
+
+    tables = []
+    for label in ("eventbus_app", "relaybench", "django_q"):
+        for model in apps.get_app_config(label).get_models():
+            meta = model._meta
+            if not meta.proxy and meta.managed and meta.db_table != "django_q_schedule":
+                tables.append(meta.db_table)
+    connection = connections[using]
+    with connection.cursor() as cursor:
+        quoted = [connection.ops.quote_name(t) for t in tables]
+        if connection.vendor == "postgresql":
+            cursor.execute(f"TRUNCATE {', '.join(quoted)} RESTART IDENTITY CASCADE")
+        else:
+            connection.disable_constraint_checking()
+            try:
+                for table in quoted:
+                    cursor.execute(f"DELETE FROM {table}")
+            finally:
+                connection.enable_constraint_checking()
+
+
+def service_env(service: str, eventbus: dict[str, Any]) -> dict[str, str]:
+    return {"BENCH_RELAY_SERVICE": service, "BENCH_RELAY_EVENTBUS": json.dumps(eventbus)}
+
+
+@contextlib.contextmanager
+def started(*commands: tuple[dict[str, str], list[str]]) -> Iterator[None]:
+    """Run ``(env, manage.py arguments)`` as processes of their own; stop them after."""
+    from .runner import processes
+
+    with contextlib.ExitStack() as stack:
+        for env, args in commands:
+            stack.enter_context(processes([sys.executable, "-m", "django", *args], env=env))
+        yield
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    from .runner import wait_for as wait
+
+    wait(predicate, timeout, what)
+
+
+SERVER_PROCESSES = 2  # service B's web server processes (benchmarks/relay_server.py)
+
+
+@contextlib.contextmanager
+def receiving_server(nudge: bool) -> Iterator[str]:
+    """Service B's http source view on a free loopback port; yields the relay's URL."""
+    from .runner import processes
+
+    port = free_port()
+    eventbus = {"NUDGE": nudge, "SOURCES": {"a": {"BACKEND": "http", "SECRET": SECRET}}}
+    server = [sys.executable, "-m", "benchmarks.relay_server", str(port)]
+    with processes(*[server] * SERVER_PROCESSES, env=service_env("b", eventbus)):
+        wait_for(lambda: listening(port), 60, "service B's web server")
+        time.sleep(0.5)  # the other process(es) bind a moment later
+        yield f"http://127.0.0.1:{port}/eventbus/a/"
+
+
+# --- the backlog --------------------------------------------------------------------------
+
+
+def emit_backlog(n: int) -> list[Outgoing]:
+    """N events in one transaction, no nudge (no worker runs); returns their CloudEvents."""
+    from django.conf import settings
+    from django.db import transaction
+    from django.test import override_settings
+
+    from eventbus_app import emit
+    from eventbus_app.models import OutboxEvent
+    from eventbus_app.relay.cloudevents import encode, to_cloudevent
+
+    from .relayapp.events import Load
+
+    reset("default")
+    with (
+        override_settings(EVENTBUS={**settings.EVENTBUS, "NUDGE": False}),
+        transaction.atomic(),
+    ):
+        for i in range(n):
+            emit(Load(n=i, customer=f"customer-{i % 97}", total_cents=100 + i))
+    records = OutboxEvent.objects.select_related("causation").order_by("id")
+    return [Outgoing(str(r.uuid), r.event_type, encode(to_cloudevent(r, SOURCE))) for r in records]
+
+
+def drain(backend: str, relay: dict[str, Any], profile: Path | None = None) -> float:
+    """One ``eventbus_drain`` process with the relay configured, until every relay
+    delivery succeeded (run again if one is waiting out a retry); returns its wall time."""
+    from django.db.models import Count
+
+    from eventbus_app.models import Delivery
+
+    eventbus = {"NUDGE": False, "RETRY_BACKOFF": 0.1, "RELAYS": {backend: relay}}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **service_env("a", eventbus)}
+    cmd = [sys.executable, "-m", "django", "eventbus_drain"]
+    if profile is not None:
+        cmd = [sys.executable, "-m", "cProfile", "-o", str(profile), *cmd[1:]]
+    rows = Delivery.objects.filter(handler=f"relay:{backend}")
+    started_at = time.perf_counter()
+    for _ in range(5):
+        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"eventbus_drain failed: {proc.stdout[-1500:]}{proc.stderr[-1500:]}")
+        if rows.filter(status=Delivery.Status.SUCCEEDED).count() == rows.count() > 0:
+            return time.perf_counter() - started_at
+        time.sleep(0.2)
+    states = {r["status"]: r["n"] for r in rows.values("status").annotate(n=Count("id"))}
+    raise RuntimeError(f"relay:{backend}: not every delivery succeeded ({states}): {proc.stdout}")
+
+
+# --- the brokers: receiving side, counts, clean-up, hand-written loops ---------------------
+
+
+class Broker:
+    """What the benchmark does at one broker besides the relay: make the receiving side,
+    count what arrived, delete what it made, and publish by hand."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+
+    def prepare(self) -> None:
+        """Make the receiving side before anything is published."""
+
+    def count(self) -> int:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        raise NotImplementedError
+
+    def one_at_a_time(self, messages: list[Outgoing]) -> None:
+        raise NotImplementedError
+
+    def pipelined(self, messages: list[Outgoing], window: int) -> None:
+        raise NotImplementedError
+
+
+class RabbitMQ(Broker):
+    """pika. The queue bound to the exchange (``#``) is what makes ``mandatory`` publishes
+    route; messages persistent, as the relay sends them."""
+
+    def _blocking(self) -> Any:
+        import pika
+
+        return pika.BlockingConnection(pika.URLParameters(self.options["URL"]))
+
+    @staticmethod
+    def _properties(message: Outgoing) -> Any:
+        import pika
+
+        return pika.BasicProperties(
+            content_type="application/cloudevents+json",
+            delivery_mode=pika.DeliveryMode.Persistent,
+            message_id=message.id,
+        )
+
+    def prepare(self) -> None:
+        connection = self._blocking()
+        try:
+            channel = connection.channel()
+            exchange, queue = self.options["EXCHANGE"], self.options["QUEUE"]
+            channel.exchange_declare(exchange, exchange_type="topic", durable=True)
+            channel.queue_declare(queue, durable=True)
+            channel.queue_bind(queue, exchange, routing_key="#")
+        finally:
+            connection.close()
+
+    def count(self) -> int:
+        connection = self._blocking()
+        try:
+            reply = connection.channel().queue_declare(
+                self.options["QUEUE"], durable=True, passive=True
+            )
+            return int(reply.method.message_count)
+        finally:
+            connection.close()
+
+    def cleanup(self) -> None:
+        connection = self._blocking()
+        try:
+            channel = connection.channel()
+            channel.queue_delete(self.options["QUEUE"])
+            channel.exchange_delete(self.options["EXCHANGE"])
+        finally:
+            connection.close()
+
+    def one_at_a_time(self, messages: list[Outgoing]) -> None:
+        # BlockingChannel in confirm mode: basic_publish returns after the broker's ack
+        # (and raises on a nack or a return).
+        connection = self._blocking()
+        try:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            exchange = self.options["EXCHANGE"]
+            for m in messages:
+                channel.basic_publish(
+                    exchange, m.type, m.body, properties=self._properties(m), mandatory=True
+                )
+        finally:
+            connection.close()
+
+    def pipelined(self, messages: list[Outgoing], window: int) -> None:
+        # pika's asynchronous publisher (its documented pattern for confirms): up to
+        # ``window`` messages unconfirmed; the broker acks them, often several at once
+        # (``multiple``).
+        import pika
+
+        exchange = self.options["EXCHANGE"]
+        pending: set[int] = set()
+        errors: list[str] = []
+        sent = 0
+        state: dict[str, Any] = {}
+
+        def publish() -> None:
+            nonlocal sent
+            channel = state["channel"]
+            while sent < len(messages) and len(pending) < window:
+                m = messages[sent]
+                channel.basic_publish(
+                    exchange, m.type, m.body, properties=self._properties(m), mandatory=True
+                )
+                sent += 1
+                pending.add(sent)  # delivery tags count from 1
+            if not pending:
+                state["connection"].close()
+
+        def on_confirm(frame: Any) -> None:
+            method = frame.method
+            if isinstance(method, pika.spec.Basic.Nack):
+                errors.append(f"nack {method.delivery_tag}")
+            if method.multiple:
+                pending.difference_update([t for t in pending if t <= method.delivery_tag])
+            else:
+                pending.discard(method.delivery_tag)
+            publish()
+
+        def on_channel(channel: Any) -> None:
+            state["channel"] = channel
+            channel.add_on_return_callback(
+                lambda _ch, method, _p, _b: errors.append(f"returned {method.routing_key}")
+            )
+            channel.confirm_delivery(ack_nack_callback=on_confirm, callback=lambda _: publish())
+
+        def on_open_error(connection: Any, exc: BaseException) -> None:
+            errors.append(f"connect: {exc}")
+            connection.ioloop.stop()
+
+        connection = pika.SelectConnection(
+            pika.URLParameters(self.options["URL"]),
+            on_open_callback=lambda c: c.channel(on_open_callback=on_channel),
+            on_open_error_callback=on_open_error,
+            on_close_callback=lambda c, _reason: c.ioloop.stop(),
+        )
+        state["connection"] = connection
+        connection.ioloop.start()
+        if errors or pending or sent < len(messages):
+            raise RuntimeError(f"pipelined rabbitmq: {errors[:3]}, {len(pending)} unconfirmed")
+
+
+class Nats(Broker):
+    """nats-py JetStream: every publish's ack from the stream (``Nats-Msg-Id`` = the event's
+    uuid, as the relay sends it)."""
+
+    def _run(self, work: Callable[[Any], Any]) -> Any:
+        import nats
+
+        async def main() -> Any:
+            nc = await nats.connect(self.options["URL"], connect_timeout=5)
+            try:
+                return await work(nc)
+            finally:
+                await nc.close()
+
+        return asyncio.run(main())
+
+    def _subject(self, m: Outgoing) -> str:
+        return f"{self.options['SUBJECT_PREFIX']}.{m.type}"
+
+    @staticmethod
+    def _headers(m: Outgoing) -> dict[str, str]:
+        return {"Nats-Msg-Id": m.id, "content-type": "application/cloudevents+json"}
+
+    def _stream(self, js: Any) -> Any:
+        from nats.js.api import StreamConfig
+
+        # The configuration the relay gives a stream it creates (backends/nats.py).
+        return js.add_stream(
+            StreamConfig(
+                name=self.options["STREAM"],
+                subjects=[f"{self.options['SUBJECT_PREFIX']}.>"],
+                duplicate_window=120.0,
+            )
+        )
+
+    def count(self) -> int:
+        async def work(nc: Any) -> int:
+            info = await nc.jetstream().stream_info(self.options["STREAM"])
+            return int(info.state.messages)
+
+        return int(self._run(work))
+
+    def cleanup(self) -> None:
+        from nats.js.errors import NotFoundError
+
+        async def work(nc: Any) -> None:
+            with contextlib.suppress(NotFoundError):
+                await nc.jetstream().delete_stream(self.options["STREAM"])
+
+        self._run(work)
+
+    def one_at_a_time(self, messages: list[Outgoing]) -> None:
+        async def work(nc: Any) -> None:
+            js = nc.jetstream(timeout=10)
+            await self._stream(js)
+            for m in messages:
+                await js.publish(self._subject(m), m.body, headers=self._headers(m))
+
+        self._run(work)
+
+    def pipelined(self, messages: list[Outgoing], window: int) -> None:
+        async def work(nc: Any) -> None:
+            # publish_async: the client's own pipelining, at most ``window`` acks pending.
+            js = nc.jetstream(timeout=10, publish_async_max_pending=window)
+            await self._stream(js)
+            acks = [
+                await js.publish_async(self._subject(m), m.body, headers=self._headers(m))
+                for m in messages
+            ]
+            await asyncio.wait_for(asyncio.gather(*acks), 60)  # raises on a failed ack
+
+        self._run(work)
+
+
+class Redis(Broker):
+    """redis-py: XADD's reply is the confirm; fields as the relay writes them."""
+
+    def _client(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.options["URL"], socket_timeout=10)
+
+    @staticmethod
+    def _fields(m: Outgoing) -> dict[str, Any]:
+        return {"id": m.id, "type": m.type, "body": m.body}
+
+    def count(self) -> int:
+        with self._client() as client:
+            return int(client.xlen(self.options["STREAM"]))
+
+    def cleanup(self) -> None:
+        with self._client() as client:
+            client.delete(self.options["STREAM"])
+
+    def one_at_a_time(self, messages: list[Outgoing]) -> None:
+        stream = self.options["STREAM"]
+        with self._client() as client:
+            for m in messages:
+                client.xadd(stream, self._fields(m))
+
+    def pipelined(self, messages: list[Outgoing], window: int) -> None:
+        # A non-transactional pipeline: ``window`` XADDs per round trip, each reply checked.
+        stream = self.options["STREAM"]
+        with self._client() as client:
+            for start in range(0, len(messages), window):
+                pipe = client.pipeline(transaction=False)
+                for m in messages[start : start + window]:
+                    pipe.xadd(stream, self._fields(m))
+                pipe.execute()  # raises on the first error reply
+
+
+class Http(Broker):
+    """Service B's http source view: POSTs signed as the relay signs them; a 2xx answer
+    is the confirm. The receiving side is B's inbox (emptied by ``cleanup``)."""
+
+    THREADS = 4  # the "pipelined" loop: requests in parallel
+
+    def count(self) -> int:
+        from eventbus_app.models import OutboxEvent
+
+        return OutboxEvent.objects.using("b").filter(source="a").count()
+
+    def cleanup(self) -> None:
+        reset("b")
+
+    def _post_all(self, messages: list[Outgoing]) -> None:
+        from eventbus_app.relay.signing import HEADER, sign
+
+        url = urlsplit(self.options["URL"])
+        for m in messages:
+            # A connection per request, as urllib makes it (the server answers HTTP/1.0).
+            connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+            try:
+                headers = {
+                    "Content-Type": "application/cloudevents+json",
+                    "Ce-Id": m.id,
+                    HEADER: sign(SECRET, m.body),
+                    "Connection": "close",
+                }
+                connection.request("POST", url.path, body=m.body, headers=headers)
+                response = connection.getresponse()
+                response.read()
+                if not 200 <= response.status < 300:
+                    raise RuntimeError(f"http source answered {response.status}")
+            finally:
+                connection.close()
+
+    def one_at_a_time(self, messages: list[Outgoing]) -> None:
+        self._post_all(messages)
+
+    def pipelined(self, messages: list[Outgoing], window: int) -> None:
+        chunks = [messages[i :: self.THREADS] for i in range(self.THREADS)]
+        with ThreadPoolExecutor(self.THREADS) as pool:
+            for future in [pool.submit(self._post_all, chunk) for chunk in chunks]:
+                future.result()
+
+
+BROKERS: dict[str, type[Broker]] = {
+    "rabbitmq": RabbitMQ,
+    "nats": Nats,
+    "redis": Redis,
+    "http": Http,
+}
+
+
+# --- 1. throughput ------------------------------------------------------------------------
+
+
+def _rate(events: int, seconds: float) -> dict[str, Any]:
+    return {"events": events, "seconds": seconds, "per_second": events / seconds}
+
+
+def _check_arrived(broker: Broker, expected: int, what: str) -> None:
+    arrived = broker.count()
+    if arrived != expected:
+        raise RuntimeError(f"{what}: the receiving side has {arrived} messages, not {expected}")
+
+
+def throughput(backend: str, size: Size, profile: Path | None) -> dict[str, Any]:
+    from django.db.models import Max, Min, Sum
+
+    from eventbus_app.models import Delivery
+
+    tag = f"{os.environ['BENCH_SUFFIX']}_{uuid.uuid4().hex[:8]}"
+    kinds = ("relay", "one", "pipelined", "profile")
+    options = {kind: names(backend, f"{tag}_{kind[0]}") for kind in kinds}
+    out: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        if backend == "http":
+            url = stack.enter_context(receiving_server(nudge=False))
+            for kind in kinds:
+                options[kind].update(URL=url, SECRET=SECRET)
+        brokers = {kind: BROKERS[backend](options[kind]) for kind in kinds}
+        for broker in brokers.values():
+            stack.callback(_cleanup, broker)
+        relay = {**options["relay"], "EVENT_TYPES": ["relaybench.*"], "SOURCE": SOURCE}
+
+        reset("b")  # http: B's inbox holds only this run's messages
+        messages = emit_backlog(size.events)
+        brokers["relay"].prepare()
+        wall = drain(backend, relay)
+        rows = Delivery.objects.filter(handler=f"relay:{backend}")
+        span = rows.aggregate(
+            first=Min("created_at"), last=Max("finished_at"), attempts=Sum("attempts")
+        )
+        _check_arrived(brokers["relay"], size.events, f"relay:{backend}")
+        out["relay"] = _rate(size.events, (span["last"] - span["first"]).total_seconds())
+        out["relay"]["process_seconds"] = wall  # with the process's start-up
+        out["relay"]["failed_attempts"] = span["attempts"] - size.events
+        brokers["relay"].cleanup()  # http: empties B's inbox for the next loop
+
+        for kind in ("one", "pipelined"):
+            broker = brokers[kind]
+            broker.prepare()
+            started_at = time.perf_counter()
+            if kind == "one":
+                broker.one_at_a_time(messages)
+            else:
+                broker.pipelined(messages, size.window)
+            seconds = time.perf_counter() - started_at
+            _check_arrived(broker, size.events, f"hand-written {kind} ({backend})")
+            out[kind] = _rate(size.events, seconds)
+            broker.cleanup()
+
+        if profile is not None:
+            emit_backlog(size.events)
+            brokers["profile"].prepare()
+            path = profile / f"relay-{backend}.prof"
+            relay = {**options["profile"], "EVENT_TYPES": ["relaybench.*"], "SOURCE": SOURCE}
+            drain(backend, relay, profile=path)
+            out["profile"] = {"file": str(path), "top": profile_summary(path)}
+    return out
+
+
+def _cleanup(broker: Broker) -> None:
+    try:
+        broker.cleanup()
+    except Exception as exc:  # the broker went away: report, keep going
+        print(f"  (could not clean up {broker.options}: {exc})", flush=True)
+
+
+def profile_summary(path: Path, limit: int = 25) -> str:
+    """The profile's heaviest functions by own time, then by cumulative time."""
+    import io
+
+    text = io.StringIO()
+    stats = pstats.Stats(str(path), stream=text).strip_dirs()
+    stats.sort_stats("tottime").print_stats(limit)
+    stats.sort_stats("cumulative").print_stats(limit)
+    return text.getvalue()
+
+
+# --- 2. latency ---------------------------------------------------------------------------
+
+
+def latency(backend: str, size: Size) -> dict[str, Any]:
+    from django.db import transaction
+
+    from eventbus_app import emit
+
+    from .relayapp.events import Ping
+    from .relayapp.models import Arrival
+
+    tag = f"{os.environ['BENCH_SUFFIX']}_{uuid.uuid4().hex[:8]}_l"
+    options = names(backend, tag)
+    broker = BROKERS[backend](options)
+    reset("default")
+    reset("b")
+    committed: dict[int, float] = {}
+    with contextlib.ExitStack() as stack:
+        if backend == "http":
+            url = stack.enter_context(receiving_server(nudge=True))
+            options.update(URL=url, SECRET=SECRET)
+        else:
+            stack.callback(_cleanup, broker)
+            broker.prepare()  # rabbitmq: the queue exists before the first publish
+            source = {**options, "BINDINGS": ["#"]} if backend == "rabbitmq" else options
+            consume = ["eventbus_consume", "a", "--report", "3600"]
+            stack.enter_context(started((service_env("b", {"SOURCES": {"a": source}}), consume)))
+        relay = {**options, "EVENT_TYPES": ["relaybench.*"], "SOURCE": SOURCE}
+        a_bus = {"RETRY_BACKOFF": 0.1, "RELAYS": {backend: relay}}
+        stack.enter_context(
+            started(
+                (service_env("a", a_bus), ["qcluster"]),
+                (service_env("b", {}), ["qcluster"]),
+            )
+        )
+        arrivals = Arrival.objects.using("b")
+        with transaction.atomic():  # warm-up: every process connected, end to end
+            emit(Ping(key=-1))
+        wait_for(lambda: arrivals.filter(key=-1).exists(), 90, f"{backend}: the first probe")
+        for key in range(size.latency_samples):
+            with transaction.atomic():
+                # The first on-commit callback runs right after COMMIT, before the nudge.
+                transaction.on_commit(lambda k=key: committed.__setitem__(k, time.time()))
+                emit(Ping(key=key))
+            time.sleep(size.latency_interval)
+        done = arrivals.filter(key__gte=0)
+        wait_for(lambda: done.count() >= size.latency_samples, 60, f"{backend}: probes")
+        values = [a.started - committed[a.key] for a in done]
+    return {
+        "samples": len(values),
+        "interval_s": size.latency_interval,
+        "p50_ms": _pct(values, 50) * 1000,
+        "p99_ms": _pct(values, 99) * 1000,
+        "max_ms": max(values) * 1000,
+    }
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    import django
+    from django.db import connection
+
+    info: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "django": django.get_version(),
+        "load_average": os.getloadavg(),
+    }
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("django-q2", "psycopg", "pika", "nats-py", "redis"):
+        with contextlib.suppress(PackageNotFoundError):
+            info[dist] = version(dist)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SHOW server_version")
+        else:
+            cursor.execute("SELECT sqlite_version()")
+        info[connection.vendor] = cursor.fetchone()[0]
+    return info
+
+
+def table(results: dict[str, Any]) -> str:
+    head = (
+        "backend",
+        "relay events/s",
+        "hand-written events/s (pipelined)",
+        "ratio",
+        "hand-written one at a time",
+        "ratio",
+        "latency p50",
+        "p99",
+    )
+    rows = []
+    for backend, r in results.items():
+        if "skipped" in r or "error" in r:
+            reason = r.get("skipped") or f"error: {r['error']}"
+            rows.append((backend, reason, "", "", "", "", "", ""))
+            continue
+        t, lat = r["throughput"], r["latency"]
+        relay = t["relay"]["per_second"]
+        rows.append(
+            (
+                backend,
+                f"{relay:,.0f}",
+                f"{t['pipelined']['per_second']:,.0f}",
+                f"{relay / t['pipelined']['per_second']:.2f}x",
+                f"{t['one']['per_second']:,.0f}",
+                f"{relay / t['one']['per_second']:.2f}x",
+                f"{lat['p50_ms']:.1f} ms",
+                f"{lat['p99_ms']:.1f} ms",
+            )
+        )
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |"]
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.relay", description=__doc__)
+    parser.add_argument("--size", choices=list(SIZES), default="smoke")
+    parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        choices=BACKENDS,
+        default=list(BACKENDS),
+        help="Default: every one (those whose broker is unreachable are skipped).",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="Where to write the results.")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="Also drain the backlog once more under cProfile; DIR/relay-<backend>.prof.",
+    )
+    args = parser.parse_args(argv)
+    suffix = os.environ.get("BENCH_SUFFIX") or os.environ.get("EVENTBUS_TEST_SUFFIX", "main")
+    os.environ.update(
+        BENCH_DB=args.db,
+        BENCH_SUFFIX=suffix,
+        BENCH_RELAY_SERVICE="a",
+        # django-q2's broker for both services' workers: Redis where it runs (nudges reach
+        # a worker at once), else its ORM broker (polled every 0.2 s).
+        BENCH_QBROKER="redis" if listening(6379) else "orm",
+        DJANGO_SETTINGS_MODULE="benchmarks.relay_settings",
+        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    os.environ.pop("BENCH_RELAY_EVENTBUS", None)
+    size = SIZES[args.size]
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        args.profile = args.profile.resolve()
+
+    create_databases(args.db)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    call_command("migrate", database="b", verbosity=0)
+    meta: dict[str, Any] = {
+        "command": " ".join(["python -m benchmarks.relay", *sys.argv[1:]]),
+        "db": args.db,
+        "size": args.size,
+        "events": size.events,
+        "django_q_broker": os.environ["BENCH_QBROKER"],
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+    }
+    print(
+        f"relay benchmarks: {args.db}, size {args.size} ({size.events:,} events; "
+        f"django-q2 broker {meta['django_q_broker']})",
+        flush=True,
+    )
+    results: dict[str, Any] = {}
+    began = time.perf_counter()
+    failed = False
+    try:
+        for backend in args.backends:
+            reason = unavailable(backend)
+            if reason:
+                results[backend] = {"skipped": f"skipped: {reason}"}
+                print(f"  {backend:<9} skipped: {reason}", flush=True)
+                continue
+            try:
+                t0 = time.perf_counter()
+                r: dict[str, Any] = {"throughput": throughput(backend, size, args.profile)}
+                r["latency"] = latency(backend, size)
+                r["seconds"] = time.perf_counter() - t0
+            except Exception as exc:
+                failed = True
+                results[backend] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+                print(f"  {backend:<9} failed: {results[backend]['error']}", flush=True)
+                continue
+            results[backend] = r
+            t = r["throughput"]
+            print(
+                f"  {backend:<9} relay {t['relay']['per_second']:8,.0f}/s   hand-written "
+                f"pipelined {t['pipelined']['per_second']:8,.0f}/s, one at a time "
+                f"{t['one']['per_second']:8,.0f}/s   latency p50 {r['latency']['p50_ms']:.1f} ms"
+                f" p99 {r['latency']['p99_ms']:.1f} ms   ({r['seconds']:.0f} s)",
+                flush=True,
+            )
+            if "profile" in t:
+                print(t["profile"]["top"], flush=True)
+    finally:
+        drop_databases(args.db)
+    meta["seconds"] = time.perf_counter() - began
+    out = table(results)
+    print()
+    print(out)
+    path = args.json or ROOT / "benchmarks" / "results" / f"relay-{args.db}-{args.size}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps({"meta": meta, "results": results, "table": out}, indent=2, default=str) + "\n"
+    )
+    print(f"\nJSON: {path}  ({meta['seconds']:.0f} s)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
