@@ -276,12 +276,21 @@ def test_demo_command_serves_until_ctrl_c(tmp_path: Path) -> None:
     env.update(
         DJANGO_SETTINGS_MODULE="demo_project.settings",
         DEMO_DB=str(tmp_path / "demo.sqlite3"),
+        DEMO_BILLING_DB=str(tmp_path / "billing.sqlite3"),
         DEMO_MAIL_DIR=str(tmp_path / "mail"),
         PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
         PYTHONUNBUFFERED="1",
     )
     proc = subprocess.Popen(
-        [sys.executable, "manage.py", "demo", "--port", str(port)],
+        [
+            sys.executable,
+            "manage.py",
+            "demo",
+            "--port",
+            str(port),
+            "--billing-port",
+            str(_free_port()),
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -339,6 +348,7 @@ def test_demo_command_refuses_a_busy_port(tmp_path: Path) -> None:
     env.update(
         DJANGO_SETTINGS_MODULE="demo_project.settings",
         DEMO_DB=str(tmp_path / "demo.sqlite3"),
+        DEMO_BILLING_DB=str(tmp_path / "billing.sqlite3"),
         DEMO_MAIL_DIR=str(tmp_path / "mail"),
         PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
     )
