@@ -135,6 +135,7 @@ class Demo:
             time.sleep(0.2)
         alive = [p for p in self.children if _is_running(p)]
         assert not alive, f"orphans left behind: {alive}"
+        self.children = set()  # all gone: kill() must not touch their (reusable) pids
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -251,33 +252,60 @@ def _exercise(run: Demo) -> None:
 
 def test_demo_runs_billing_over_http(demo: Callable[..., Demo]) -> None:
     run = demo()
+    _exercise(run)
+    out = run.output()
+    assert "Billing is up: relay:billing resumed" in out
+    assert f"Billing:       http://127.0.0.1:{run.billing_port}/" in out
+    assert "POST /eventbus/shop/" in out  # the http source view received them
+    run.stop()  # (on a failure above, the fixture kills what is left)
+
+
+def _drop_broker_names(kind: str, name: str) -> None:
+    """Delete what the demo declared under this test's names on the shared broker."""
+    url = unique_options(kind)["URL"]
+    if kind == "redis":
+        import redis
+
+        redis.Redis.from_url(url).delete(name)
+    elif kind == "rabbitmq":
+        import pika
+
+        with contextlib.closing(pika.BlockingConnection(pika.URLParameters(url))) as conn:
+            channel = conn.channel()
+            channel.queue_delete(f"{name}.billing")
+            channel.exchange_delete(name)
+    else:
+        import asyncio
+
+        import nats
+
+        async def drop() -> None:
+            client = await nats.connect(url)
+            try:
+                await client.jetstream().delete_stream(name.upper())
+            finally:
+                await client.close()
+
+        asyncio.run(drop())
+
+
+@pytest.mark.parametrize("kind", ["redis", "rabbitmq", "nats"])
+def test_demo_runs_billing_over_a_broker(kind: str, demo: Callable[..., Demo]) -> None:
+    need_broker(kind)
+    name = f"eventbus_demo_{os.environ.get('EVENTBUS_TEST_SUFFIX', 'main')}_{uuid.uuid4().hex[:8]}"
+    run = demo("--broker", kind, DEMO_BROKER_NAME=name)
     try:
         _exercise(run)
         out = run.output()
-        assert "Billing is up: relay:billing resumed" in out
-        assert f"Billing:       http://127.0.0.1:{run.billing_port}/" in out
-        assert "POST /eventbus/shop/" in out  # the http source view received them
-    finally:
-        run.stop()
-
-
-def test_demo_runs_billing_over_redis(demo: Callable[..., Demo]) -> None:
-    need_broker("redis")
-    name = unique_options("redis")["STREAM"]
-    run = demo("--broker", "redis", DEMO_BROKER_NAME=name)
-    try:
-        _exercise(run)
-        out = run.output()
-        assert "over redis at redis://127.0.0.1:6379/0" in out
+        assert f"over {kind} at {unique_options(kind)['URL']}" in out
         assert "POST /eventbus/shop/" not in out  # the consumer received them, not the view
         assert run.proc is not None
         commands = [Path(f"/proc/{p}/cmdline").read_bytes() for p in _descendants(run.proc.pid)]
         assert any(b"eventbus_consume" in c for c in commands)  # billing's broker consumer
-    finally:
         run.stop()
-        import redis
-
-        redis.Redis.from_url("redis://127.0.0.1:6379/0").delete(name)
+    finally:
+        run.kill()
+        _drop_broker_names(kind, name)
 
 
 def test_demo_fails_fast_naming_an_unreachable_broker(tmp_path: Path) -> None:
