@@ -33,11 +33,14 @@ import json
 import os
 import platform
 import pstats
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -209,14 +212,44 @@ def service_env(service: str, eventbus: dict[str, Any]) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def started(*commands: tuple[dict[str, str], list[str]]) -> Iterator[None]:
-    """Run ``(env, manage.py arguments)`` as processes of their own; stop them after."""
-    from .runner import processes
-
-    with contextlib.ExitStack() as stack:
-        for env, args in commands:
-            stack.enter_context(processes([sys.executable, "-m", "django", *args], env=env))
+def started(*commands: tuple[dict[str, str], list[str]], grace: float = 2.0) -> Iterator[None]:
+    """Run each ``(env, argv)`` (argv after ``python``) as a process group of its own; on
+    the way out, SIGTERM them all at once and SIGKILL what is left after ``grace`` seconds
+    (qcluster takes several seconds to stop politely; nothing of theirs needs keeping)."""
+    procs: list[tuple[subprocess.Popen[bytes], Any]] = []
+    try:
+        for env, argv in commands:
+            log = tempfile.TemporaryFile()  # noqa: SIM115  (closed below)
+            proc = subprocess.Popen(
+                [sys.executable, *argv],
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            procs.append((proc, log))
         yield
+    finally:
+        for proc, _ in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc, log in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the group: qcluster's workers too
+            proc.wait()
+            if proc.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):
+                log.seek(0)
+                tail = log.read()[-2000:].decode(errors="replace")
+                print(f"  ({' '.join(proc.args[1:])} ended {proc.returncode}: {tail})")
+            log.close()
+
+
+def manage(*args: str) -> list[str]:
+    return ["-m", "django", *args]
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -231,12 +264,10 @@ SERVER_PROCESSES = 2  # service B's web server processes (benchmarks/relay_serve
 @contextlib.contextmanager
 def receiving_server(nudge: bool) -> Iterator[str]:
     """Service B's http source view on a free loopback port; yields the relay's URL."""
-    from .runner import processes
-
     port = free_port()
     eventbus = {"NUDGE": nudge, "SOURCES": {"a": {"BACKEND": "http", "SECRET": SECRET}}}
-    server = [sys.executable, "-m", "benchmarks.relay_server", str(port)]
-    with processes(*[server] * SERVER_PROCESSES, env=service_env("b", eventbus)):
+    server = (service_env("b", eventbus), ["-m", "benchmarks.relay_server", str(port)])
+    with started(*[server] * SERVER_PROCESSES):
         wait_for(lambda: listening(port), 60, "service B's web server")
         time.sleep(0.5)  # the other process(es) bind a moment later
         yield f"http://127.0.0.1:{port}/eventbus/a/"
@@ -296,27 +327,27 @@ def drain(backend: str, relay: dict[str, Any], profile: Path | None = None) -> f
 # --- the brokers: receiving side, counts, clean-up, hand-written loops ---------------------
 
 
-class Broker:
+class Broker(ABC):
     """What the benchmark does at one broker besides the relay: make the receiving side,
     count what arrived, delete what it made, and publish by hand."""
 
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = options
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027  (most brokers make theirs on first publish)
         """Make the receiving side before anything is published."""
 
-    def count(self) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def count(self) -> int: ...
 
-    def cleanup(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def cleanup(self) -> None: ...
 
-    def one_at_a_time(self, messages: list[Outgoing]) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def one_at_a_time(self, messages: list[Outgoing]) -> None: ...
 
-    def pipelined(self, messages: list[Outgoing], window: int) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def pipelined(self, messages: list[Outgoing], window: int) -> None: ...
 
 
 class RabbitMQ(Broker):
@@ -714,20 +745,19 @@ def latency(backend: str, size: Size) -> dict[str, Any]:
         if backend == "http":
             url = stack.enter_context(receiving_server(nudge=True))
             options.update(URL=url, SECRET=SECRET)
-        else:
+        relay = {**options, "EVENT_TYPES": ["relaybench.*"], "SOURCE": SOURCE}
+        a_bus = {"RETRY_BACKOFF": 0.1, "RELAYS": {backend: relay}}
+        workers = [
+            (service_env("a", a_bus), manage("qcluster")),
+            (service_env("b", {}), manage("qcluster")),
+        ]
+        if backend != "http":
             stack.callback(_cleanup, broker)
             broker.prepare()  # rabbitmq: the queue exists before the first publish
             source = {**options, "BINDINGS": ["#"]} if backend == "rabbitmq" else options
-            consume = ["eventbus_consume", "a", "--report", "3600"]
-            stack.enter_context(started((service_env("b", {"SOURCES": {"a": source}}), consume)))
-        relay = {**options, "EVENT_TYPES": ["relaybench.*"], "SOURCE": SOURCE}
-        a_bus = {"RETRY_BACKOFF": 0.1, "RELAYS": {backend: relay}}
-        stack.enter_context(
-            started(
-                (service_env("a", a_bus), ["qcluster"]),
-                (service_env("b", {}), ["qcluster"]),
-            )
-        )
+            b_bus = {"SOURCES": {"a": source}}
+            workers.append((service_env("b", b_bus), manage("eventbus_consume", "a")))
+        stack.enter_context(started(*workers))
         arrivals = Arrival.objects.using("b")
         with transaction.atomic():  # warm-up: every process connected, end to end
             emit(Ping(key=-1))
@@ -854,6 +884,7 @@ def main(argv: list[str] | None = None) -> int:
         args.profile.mkdir(parents=True, exist_ok=True)
         args.profile = args.profile.resolve()
 
+    began = time.perf_counter()
     create_databases(args.db)
     import django
 
@@ -862,6 +893,7 @@ def main(argv: list[str] | None = None) -> int:
 
     call_command("migrate", verbosity=0)
     call_command("migrate", database="b", verbosity=0)
+    print(f"  databases made and migrated in {time.perf_counter() - began:.0f} s", flush=True)
     meta: dict[str, Any] = {
         "command": " ".join(["python -m benchmarks.relay", *sys.argv[1:]]),
         "db": args.db,
@@ -877,7 +909,6 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     results: dict[str, Any] = {}
-    began = time.perf_counter()
     failed = False
     try:
         for backend in args.backends:
@@ -889,8 +920,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 t0 = time.perf_counter()
                 r: dict[str, Any] = {"throughput": throughput(backend, size, args.profile)}
+                t1 = time.perf_counter()
                 r["latency"] = latency(backend, size)
-                r["seconds"] = time.perf_counter() - t0
+                r["seconds"] = {"throughput": t1 - t0, "latency": time.perf_counter() - t1}
             except Exception as exc:
                 failed = True
                 results[backend] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
@@ -902,7 +934,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {backend:<9} relay {t['relay']['per_second']:8,.0f}/s   hand-written "
                 f"pipelined {t['pipelined']['per_second']:8,.0f}/s, one at a time "
                 f"{t['one']['per_second']:8,.0f}/s   latency p50 {r['latency']['p50_ms']:.1f} ms"
-                f" p99 {r['latency']['p99_ms']:.1f} ms   ({r['seconds']:.0f} s)",
+                f" p99 {r['latency']['p99_ms']:.1f} ms   ({r['seconds']['throughput']:.0f} s + "
+                f"{r['seconds']['latency']:.0f} s)",
                 flush=True,
             )
             if "profile" in t:
