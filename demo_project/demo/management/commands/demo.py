@@ -55,7 +55,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def _check_port(port: int) -> None:
+def _check_port(port: int, option: str = "--port") -> None:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -63,7 +63,7 @@ def _check_port(port: int) -> None:
         except OSError as exc:
             raise CommandError(
                 f"Port {port} on 127.0.0.1 is not free ({exc.strerror}); "
-                f"choose another with --port, e.g. --port {port + 1}."
+                f"choose another with {option}, e.g. {option} {port + 2}."
             ) from exc
 
 
@@ -137,7 +137,7 @@ class Command(BaseCommand):
             if billing:
                 if billing_port == port:
                     raise CommandError("--billing-port must differ from --port.")
-                _check_port(billing_port)
+                _check_port(billing_port, "--billing-port")
         self.env = self._environment(port, billing_port, broker)
 
         self.stdout.write("Migrating the demo database…")
