@@ -15,6 +15,7 @@ class EventBusConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
+        from .relay import checks as relay_checks  # noqa: F401  (those of RELAYS, SOURCES)
 
         autodiscover_modules("handlers")
         from .relay import install_relays

@@ -21,6 +21,12 @@
   lease and of django-q2's task timeout; deliveries that do not fit are given back unrun.
 * **On-commit callbacks** a handler registers run after its own commit; one that raises is
   logged against that delivery and stops nothing else.
+* **Batch handlers** (relays: ``HandlerSpec.batch``) run no user code and no transaction of
+  their own: after the batch's other deliveries, each one's claimed deliveries go to it
+  together (one publish, one wait for the broker's confirms), then one bookkeeping write
+  records every confirmed one and each refused one fails alone. They carry no start
+  marker: a worker killed mid-publish leaves them to be claimed again, uncharged, and
+  published again (the receiver's inbox drops the copy).
 """
 
 from __future__ import annotations
@@ -159,6 +165,14 @@ class _Batch:
         started = time.monotonic() if claimed_at is None else claimed_at
         self.lease_ends = started + eventbus_settings.LEASE_SECONDS - lease_margin()
         self.events: dict[int, Event] = {}
+        # Deliveries of batch handlers (relays) run together, after the others.
+        self.groups: dict[str, list[Delivery]] = {}
+        for delivery in todo:
+            spec = get_handler(delivery.handler)
+            if spec is not None and spec.batch is not None:
+                self.groups.setdefault(delivery.handler, []).append(delivery)
+        if self.groups:
+            todo[:] = [d for d in todo if d.handler not in self.groups]
         # Fan-out (on PostgreSQL) writes the first delivery's start marker itself.
         self.marked: set[int] = {d.pk for d in todo if d.in_flight == 1}
         todo.sort(key=lambda d: d.pk not in self.marked)  # stable: id order otherwise
@@ -181,11 +195,12 @@ class _Batch:
             seconds = self._time_for(spec)
             if seconds is None:
                 self._write(mark=[])
-                self.counts.released += release(self.using, self.token, self.todo[position:])
+                unrun = self.todo[position:] + [d for g in self.groups.values() for d in g]
+                self.counts.released += release(self.using, self.token, unrun)
                 logger.info(
                     "Gave back %s claimed deliveries unrun: the next one's timeout does not fit "
                     "in what is left of the lease or of the task",
-                    len(self.todo) - position,
+                    len(unrun),
                 )
                 return
             if delivery.pk not in self.marked or self._flush_due():
@@ -198,6 +213,8 @@ class _Batch:
             self._run_one(delivery, spec, seconds, position)
             position += 1
         self._write(mark=[])
+        for name, group in self.groups.items():
+            self._run_group(name, group)
 
     def _time_for(self, spec: HandlerSpec | None) -> float | None:
         """The run's time limit, or None when it does not fit and should be given back."""
@@ -348,6 +365,49 @@ class _Batch:
             if not self.pending:
                 self.pending_since = time.monotonic()
             self.pending.append(delivery)
+
+    def _run_group(self, name: str, group: list[Delivery]) -> None:
+        """A batch handler's deliveries (see the module's docstring), after the others: no
+        other delivery's start marker is set while it runs."""
+        spec = get_handler(name)
+        seconds = self._time_for(spec)
+        if spec is None or spec.batch is None or seconds is None:
+            self.counts.released += release(self.using, self.token, group)
+            return
+        self.ran += 1
+        self._span = telemetry.Span(None, name)
+        outcomes: list[Exception | None]
+        try:
+            with self.limiter.limit(seconds) as timer:
+                try:
+                    outcomes = list(spec.batch(group, self.using))
+                except Interrupt as exc:
+                    raise _timed_out(spec, seconds) from exc
+            if timer.fired:
+                raise _timed_out(spec, seconds)
+            if len(outcomes) != len(group):
+                raise RuntimeError(
+                    f"{name} returned {len(outcomes)} outcomes for {len(group)} deliveries"
+                )
+        except Exception as exc:
+            outcomes = [exc] * len(group)
+        ok = [d for d, outcome in zip(group, outcomes, strict=True) if outcome is None]
+        if ok:
+            self._write_successes(ok)
+        position = len(self.todo)  # past the end: a failure marks no next delivery
+        for delivery, outcome in zip(group, outcomes, strict=True):
+            if outcome is not None:
+                self._failed(delivery, spec, outcome, position, at_commit=False)
+
+    def _write_successes(self, ok: list[Delivery]) -> None:
+        """Record confirmed deliveries (and any pending successes) in one write."""
+        for delivery in ok:
+            delivery.attempts += 1
+        self.pending.extend(ok)
+        self._write(mark=[])
+        for delivery in ok:
+            if delivery.status != Status.SUCCEEDED:  # another worker holds it now
+                self._lost(delivery, "before its confirm was recorded")
 
     def _event(self, delivery: Delivery) -> Event:
         event = self.events.get(delivery.event_id)
@@ -623,11 +683,14 @@ def _call(spec: HandlerSpec, event: Event, seconds: float, limiter: Limiter) -> 
                 raise
             interrupted = exc  # what the time limit caused (a cancelled query, say)
     if interrupted is not None or timer.fired:
-        error = HandlerTimeout(
-            f"Handler {spec.name} timed out after {seconds:g} s (its timeout=, or "
-            "EVENTBUS['HANDLER_TIMEOUT']); it was interrupted and its work rolled back."
-        )
-        raise error from interrupted
+        raise _timed_out(spec, seconds) from interrupted
+
+
+def _timed_out(spec: HandlerSpec, seconds: float) -> HandlerTimeout:
+    return HandlerTimeout(
+        f"Handler {spec.name} timed out after {seconds:g} s (its timeout=, or "
+        "EVENTBUS['HANDLER_TIMEOUT']); it was interrupted and its work rolled back."
+    )
 
 
 async def _call_async(func: Callable[[Any], Any], event: Event, seconds: float) -> None:

@@ -33,8 +33,14 @@ class UnreadableMessage(Exception):
     """A received message is not a CloudEvent this inbox can store."""
 
 
-def to_cloudevent(record: OutboxEvent, source: str) -> dict[str, Any]:
-    causation = record.causation.uuid if record.causation_id and record.causation else None
+def to_cloudevent(
+    record: OutboxEvent, source: str, causation_uuid: UUID | None = None
+) -> dict[str, Any]:
+    """``causation_uuid``: the causing event's uuid, when the caller looked it up (a batch
+    does, in one query); otherwise it is read through ``record.causation``."""
+    causation = causation_uuid
+    if causation is None and record.causation_id:
+        causation = record.causation.uuid if record.causation else None
     created = record.created_at.astimezone(UTC)
     event: dict[str, Any] = {
         "specversion": SPECVERSION,

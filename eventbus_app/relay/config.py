@@ -3,6 +3,7 @@ handlers registered from them."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -20,6 +21,10 @@ RELAY_KEYS = (
     "TIMEOUT",
 )
 SOURCE_KEYS = ("BACKEND", "URL", "DATABASE")
+
+logger = logging.getLogger(__name__)
+
+_installed: set[str] = set()  # the relay handlers install_relays() registered
 
 
 def _entry(kind: str, name: str) -> dict[str, Any]:
@@ -57,17 +62,38 @@ def source_options(name: str) -> dict[str, Any]:
     return options
 
 
+def uninstall_relays() -> None:
+    """Unregister every handler ``install_relays()`` registered."""
+    from ..registry import unregister
+
+    for name in _installed:
+        unregister(name)
+    _installed.clear()
+
+
 def install_relays() -> list[str]:
     """Register the handler ``relay:<name>`` of every configured relay; returns the names.
 
+    A relay whose entry has errors is left out and logged: the system checks (``checks.py``)
+    say what to fix, and stop the workers from starting until it is.
     Called from ``AppConfig.ready()``; call it again after changing ``RELAYS`` at run time
     (tests do)."""
     from ..events import Event
     from ..registry import HandlerSpec, register_spec
-    from .publish import relay_handler
+    from .checks import valid
+    from .publish import relay_batch, relay_handler
 
+    uninstall_relays()  # relays removed from the setting (or now invalid) go
     names = []
-    for name in eventbus_settings.RELAYS:
+    relays = eventbus_settings.RELAYS if isinstance(eventbus_settings.RELAYS, dict) else {}
+    for name, entry in relays.items():
+        if not valid("RELAYS", name, entry):
+            logger.error(
+                'EVENTBUS["RELAYS"][%r] has errors and is not installed: run '
+                "`manage.py check` for what to fix",
+                name,
+            )
+            continue
         options = relay_options(name)
         register_spec(
             HandlerSpec(
@@ -80,7 +106,10 @@ def install_relays() -> list[str]:
                 ordered=True,
                 max_attempts=options.get("MAX_ATTEMPTS"),
                 timeout=options.get("HANDLER_TIMEOUT"),  # TIMEOUT is per broker call
+                # A claimed batch is published together: one confirm wait per batch.
+                batch=relay_batch(name),
             )
         )
         names.append(name)
+        _installed.add(f"relay:{name}")
     return names

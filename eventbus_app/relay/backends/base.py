@@ -9,14 +9,21 @@ A Kafka backend, say, is a module of your own with (confluent-kafka)::
             self.producer = Producer({"bootstrap.servers": options["URL"], "acks": "all",
                                       "enable.idempotence": True})
 
+        def publish_many(self, messages):
+            outcomes = [base.PublishError("not confirmed in time")] * len(messages)
+            def confirmed(i):
+                def on_delivery(err, _msg):
+                    outcomes[i] = base.PublishError(str(err)) if err else None
+                return on_delivery
+            for i, message in enumerate(messages):
+                self.producer.produce(self.options.get("TOPIC", "eventbus"), message.body,
+                                      key=message.subject or message.id,  # per-stream order
+                                      on_delivery=confirmed(i))
+            self.producer.flush(self.timeout)  # every delivery report, or the timeout
+            return outcomes
+
         def publish(self, message):
-            errors = []
-            self.producer.produce(options.get("TOPIC", "eventbus"), message.body,
-                                  key=message.subject or message.id,   # per-stream order
-                                  on_delivery=lambda err, _: err and errors.append(err))
-            self.producer.flush(self.timeout)
-            if errors or len(self.producer):
-                raise base.PublishError(f"not confirmed: {errors}")
+            self.raise_for(self.publish_many([message]))
 
 and ``"BACKEND": "myproject.kafka_backend"``. Nothing else in eventbus_app changes: retries,
 dead letters, order per stream and the console come from the relay being a handler.
@@ -25,6 +32,7 @@ dead letters, order per stream and the console come from the relay being a handl
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,23 +60,65 @@ class Received:
     token: Any = None
 
 
-class Publisher(ABC):
-    """Publishes to one broker for one relay. One instance per relay and process, reused
-    across deliveries; it is closed and made again after any error.
+# What ``publish_many`` says of each message: None (confirmed) or why it was not.
+Outcome = Exception | None
 
-    ``publish`` returns only once the broker has the message durably (publisher confirm,
-    JetStream ack, XADD reply, 2xx): the delivery counts as succeeded when it returns, and
-    is retried with backoff when it raises.
+
+class Publisher:
+    """Publishes to one broker for one relay. One instance per relay and process, reused
+    across deliveries; it is closed and made again after any error it raises.
+
+    The relay hands it batches: ``publish_many`` sends every message of a batch, in order,
+    then waits for the broker's confirms together (one round trip per batch, not per
+    message), and returns one outcome per message. A delivery counts as succeeded only
+    when its message's outcome is None: the broker has it durably (publisher confirm,
+    JetStream ack, XADD reply, 2xx). An outcome that is an exception fails that delivery
+    only (retried with backoff); ``publish_many`` raising (the connection broke, the
+    broker did not answer in ``TIMEOUT``) fails the whole batch.
+
+    A batch holds at most one message per stream (the relay is an ordered handler, whose
+    claims take only each stream's first unsettled event), so a message refused in the
+    middle of a batch never lets a later one of its stream overtake it.
+
+    A backend must implement ``publish_many`` or ``publish``; each has a default made of
+    the other (one message at a time, when only ``publish`` is written).
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.publish is Publisher.publish and cls.publish_many is Publisher.publish_many:
+            raise TypeError(
+                f"{cls.__module__}.{cls.__qualname__} must implement publish_many() or "
+                "publish() (eventbus_app/relay/backends/base.py)"
+            )
 
     def __init__(self, name: str, options: dict[str, Any]) -> None:
         self.name = name
         self.options = options
         self.timeout = float(options.get("TIMEOUT", 10.0))
 
-    @abstractmethod
+    def publish_many(self, messages: Sequence[Message]) -> list[Outcome]:
+        """Send ``messages`` in order; one outcome per message, None where confirmed.
+        Raise when the batch as a whole failed (nothing in it counts as confirmed)."""
+        outcomes: list[Outcome] = []
+        for message in messages:
+            try:
+                self.publish(message)
+            except PublishError as exc:  # this message only; the connection is fine
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+        return outcomes
+
     def publish(self, message: Message) -> None:
-        """Send ``message``; return once the broker confirmed it, raise otherwise."""
+        """Send one message; return once the broker confirmed it, raise otherwise."""
+        self.raise_for(self.publish_many([message]))
+
+    @staticmethod
+    def raise_for(outcomes: Sequence[Outcome]) -> None:
+        for outcome in outcomes:
+            if outcome is not None:
+                raise outcome
 
     def close(self) -> None:
         """Release the connection; never raises."""

@@ -15,6 +15,11 @@ from ..signing import HEADER, sign
 from .base import Message, PublishError
 from .base import Publisher as BasePublisher
 
+# This backend's own options, besides BACKEND, URL and the common ones (system checks
+# flag any other key as a likely typo).
+RELAY_OPTIONS = ("SECRET",)
+SOURCE_OPTIONS = ("SECRET", "REPLAY_WINDOW", "MAX_BODY_BYTES")
+
 
 class Publisher(BasePublisher):
     def publish(self, message: Message) -> None:

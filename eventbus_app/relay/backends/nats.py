@@ -15,48 +15,39 @@ the one unacked message again before any later one. With more in flight, a crash
 later messages overtake the unacked ones (they come back after ``ACK_WAIT``): faster, but
 the receiver's order per stream may then differ from the sender's.
 
-nats-py is asyncio; both classes run their own event loop in a thread, so the relay stays a
-plain (synchronous) handler and the connection lives across deliveries.
+A batch is published with ``publish_async`` (every message sent, then the acks awaited
+together): one round trip per batch. nats-py is asyncio; both classes run their own event
+loop in a thread (``aio.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import nats
 from nats.js.api import ConsumerConfig, StreamConfig
 from nats.js.errors import NotFoundError
 
+from .aio import LoopThread
 from .base import Consumer as BaseConsumer
-from .base import Message, Received
+from .base import Message, Outcome, PublishError, Received
 from .base import Publisher as BasePublisher
 
-T = TypeVar("T")
-
-
-class _Loop:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return future.result(timeout)
-        except BaseException:
-            future.cancel()
-            raise
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        if not self.thread.is_alive():
-            self.loop.close()
+# This backend's own options, besides BACKEND, URL and the common ones (system checks
+# flag any other key as a likely typo).
+RELAY_OPTIONS = ("STREAM", "SUBJECT_PREFIX", "DUPLICATE_WINDOW")
+SOURCE_OPTIONS = (
+    "STREAM",
+    "SUBJECT_PREFIX",
+    "DUPLICATE_WINDOW",
+    "DURABLE",
+    "FILTER",
+    "MAX_ACK_PENDING",
+    "ACK_WAIT",
+)
 
 
 async def _connect(options: dict[str, Any]) -> Any:
@@ -87,7 +78,7 @@ async def _ensure_stream(js: Any, options: dict[str, Any]) -> str:
 class Publisher(BasePublisher):
     def __init__(self, name: str, options: dict[str, Any]) -> None:
         super().__init__(name, options)
-        self.loop = _Loop()
+        self.loop = LoopThread()
         try:
             self.nc = self.loop.run(_connect(options), self.timeout)
             self.js = self.nc.jetstream(timeout=self.timeout)
@@ -96,15 +87,36 @@ class Publisher(BasePublisher):
             self.loop.stop()
             raise
 
-    def publish(self, message: Message) -> None:
-        self.loop.run(
-            self.js.publish(
-                f"{self.prefix}.{message.type}",
-                message.body,
-                headers={"Nats-Msg-Id": message.id, **message.headers},
-            ),
-            self.timeout + 1,
-        )
+    def publish_many(self, messages: Sequence[Message]) -> list[Outcome]:
+        return self.loop.run(self._publish_many(messages), self.timeout + 1)
+
+    async def _publish_many(self, messages: Sequence[Message]) -> list[Outcome]:
+        acks = [
+            await self.js.publish_async(
+                f"{self.prefix}.{m.type}",
+                m.body,
+                wait_stall=self.timeout,
+                headers={"Nats-Msg-Id": m.id, **m.headers},
+            )
+            for m in messages
+        ]
+        try:
+            async with asyncio.timeout(self.timeout):
+                results = await asyncio.gather(*acks, return_exceptions=True)
+        except TimeoutError:
+            raise PublishError(
+                f"JetStream acknowledged {sum(a.done() for a in acks)} of {len(acks)} "
+                f"messages within {self.timeout:g} s"
+            ) from None
+        finally:
+            for ack in acks:
+                ack.cancel()  # frees its place among the pending publishes (a no-op if done)
+        return [
+            PublishError(f"JetStream refused message {m.id}: {r}")
+            if isinstance(r, BaseException)
+            else None
+            for m, r in zip(messages, results, strict=True)
+        ]
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # already broken: the loop goes anyway
@@ -116,7 +128,7 @@ class Consumer(BaseConsumer):
     def __init__(self, name: str, options: dict[str, Any]) -> None:
         super().__init__(name, options)
         self.max_ack_pending = int(options.get("MAX_ACK_PENDING", 1))
-        self.loop = _Loop()
+        self.loop = LoopThread()
         try:
             self.nc = self.loop.run(_connect(options), 10)
             self.js = self.nc.jetstream(timeout=10)
