@@ -770,14 +770,55 @@ def latency(backend: str, size: Size) -> dict[str, Any]:
             time.sleep(size.latency_interval)
         done = arrivals.filter(key__gte=0)
         wait_for(lambda: done.count() >= size.latency_samples, 60, f"{backend}: probes")
-        values = [a.started - committed[a.key] for a in done]
+        started_at = {a.key: a.started for a in done}
+        values = [started_at[k] - committed[k] for k in started_at]
     return {
         "samples": len(values),
         "interval_s": size.latency_interval,
         "p50_ms": _pct(values, 50) * 1000,
         "p99_ms": _pct(values, 99) * 1000,
         "max_ms": max(values) * 1000,
+        "stages_p50_ms": stages(backend, committed, started_at),
     }
+
+
+def stages(backend: str, committed: dict[int, float], started_at: dict[int, float]) -> Any:
+    """Where a probe's time goes, medians in ms, from timestamps both services recorded
+    (one machine, one clock; the databases' are transaction or statement start times):
+    A's commit -> A's relay delivery made (fan-out) -> its success recorded (published and
+    confirmed) -> B's fan-out of the received event -> B's handler start."""
+    from eventbus_app.models import Delivery, OutboxEvent
+
+    sent = {
+        e.pk: (e.payload["key"], e.uuid)
+        for e in OutboxEvent.objects.filter(event_type="relaybench.Ping", payload__key__gte=0)
+    }
+    relayed = Delivery.objects.filter(handler=f"relay:{backend}", event_id__in=sent)
+    fanned = dict(
+        OutboxEvent.objects.using("b")
+        .filter(uuid__in=[u for _, u in sent.values()])
+        .values_list("uuid", "dispatched_at")
+    )
+    spans: dict[str, list[float]] = {
+        "A: commit -> relay delivery fanned out": [],
+        "A: relay delivery run (publish, confirm, success recorded)": [],
+        "broker -> B's inbox -> B's fan-out": [],
+        "B: fan-out -> handler start": [],
+    }
+    for d in relayed:
+        key, uid = sent[d.event_id]
+        if d.finished_at is None or fanned.get(uid) is None or key not in started_at:
+            continue
+        marks = [
+            committed[key],
+            d.created_at.timestamp(),
+            d.finished_at.timestamp(),
+            fanned[uid].timestamp(),
+            started_at[key],
+        ]
+        for values, start, end in zip(spans.values(), marks, marks[1:], strict=False):
+            values.append(end - start)
+    return {name: _pct(v, 50) * 1000 for name, v in spans.items() if v}
 
 
 # --- the run ------------------------------------------------------------------------------
@@ -938,6 +979,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['seconds']['latency']:.0f} s)",
                 flush=True,
             )
+            for stage, ms in r["latency"]["stages_p50_ms"].items():
+                print(f"            {stage:<60} p50 {ms:7.1f} ms", flush=True)
             if "profile" in t:
                 print(t["profile"]["top"], flush=True)
     finally:
