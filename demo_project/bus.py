@@ -51,12 +51,14 @@ def broker_url(kind: str) -> str:
     return os.environ.get("DEMO_BROKER_URL") or DEFAULT_BROKER_URLS[kind]
 
 
-def _broker_names(kind: str) -> dict[str, Any]:
+def _broker_names(kind: str, *, receiving: bool) -> dict[str, Any]:
+    """Where the relay publishes, and (``receiving``) what billing's consumer reads."""
     name = os.environ.get("DEMO_BROKER_NAME", "eventbus_demo")
     if kind == "rabbitmq":
-        return {"EXCHANGE": name, "QUEUE": f"{name}.billing"}
+        return {"EXCHANGE": name, **({"QUEUE": f"{name}.billing"} if receiving else {})}
     if kind == "nats":
-        return {"STREAM": name.upper(), "SUBJECT_PREFIX": name, "DURABLE": f"{name}_billing"}
+        names = {"STREAM": name.upper(), "SUBJECT_PREFIX": name}
+        return {**names, **({"DURABLE": f"{name}_billing"} if receiving else {})}
     return {"STREAM": name}
 
 
@@ -71,7 +73,12 @@ def relay() -> dict[str, Any]:
             "SECRET": secret(),
             **options,
         }
-    return {"BACKEND": kind, "URL": broker_url(kind), **_broker_names(kind), **options}
+    return {
+        "BACKEND": kind,
+        "URL": broker_url(kind),
+        **_broker_names(kind, receiving=False),
+        **options,
+    }
 
 
 def source() -> dict[str, Any]:
@@ -79,4 +86,4 @@ def source() -> dict[str, Any]:
     kind = transport()
     if kind == "http":
         return {"BACKEND": "http", "SECRET": secret()}
-    return {"BACKEND": kind, "URL": broker_url(kind), **_broker_names(kind)}
+    return {"BACKEND": kind, "URL": broker_url(kind), **_broker_names(kind, receiving=True)}
