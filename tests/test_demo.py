@@ -12,6 +12,7 @@ import time
 import urllib.request
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
@@ -468,3 +469,11 @@ def test_order_page_ships_and_refunds(client: Client) -> None:
     other = Client()
     _signup(other, username="eve")
     assert other.post(reverse("orders:order_refund", args=[order.pk])).status_code == 403
+
+
+def test_home_links_to_the_second_service(client: Client, settings: Any) -> None:
+    settings.DEMO_BILLING_URL = "http://127.0.0.1:8001/"
+    page = client.get(reverse("demo:home")).content.decode()
+    assert 'id="billing"' in page and 'href="http://127.0.0.1:8001/"' in page
+    settings.DEMO_BILLING_URL = ""  # a project that relays to no billing: no card
+    assert 'id="billing"' not in client.get(reverse("demo:home")).content.decode()
