@@ -140,7 +140,7 @@ class Command(BaseCommand):
                 _check_port(billing_port, "--billing-port")
         self.env = self._environment(port, billing_port, broker)
 
-        self.stdout.write("Migrating the demo database…")
+        self.stdout.write("Migrating the shop's database…")
         call_command("migrate", interactive=False, verbosity=0)
         admin = User.objects.filter(username=ADMIN_USERNAME).first() or User(
             username=ADMIN_USERNAME, email="admin@example.com"
@@ -151,7 +151,7 @@ class Command(BaseCommand):
         if billing:
             self._setup_billing(options["admin_password"])
         if is_seeded():
-            self.stdout.write("Demo data already there (delete the database file to start over).")
+            self.stdout.write("Demo data already there (delete the database files to start over).")
         else:
             if billing:
                 # Billing is not running yet: the seeded events wait in the shop's outbox
@@ -235,8 +235,8 @@ class Command(BaseCommand):
             commands["billing worker cluster"] = (billing, ["qcluster"])
             if broker != "http":
                 commands["billing consumer"] = (billing, ["eventbus_consume", "shop"])
-        commands["web server"] = (shop, ["runserver", f"127.0.0.1:{port}", "--noreload"])
-        commands["worker cluster"] = (shop, ["qcluster"])
+        commands["shop web server"] = (shop, ["runserver", f"127.0.0.1:{port}", "--noreload"])
+        commands["shop worker cluster"] = (shop, ["qcluster"])
         children: dict[str, subprocess.Popen[bytes]] = {}
         stop = {"signal": 0}
 
@@ -255,7 +255,7 @@ class Command(BaseCommand):
                     start_new_session=True,
                     preexec_fn=_die_with_parent if sys.platform == "linux" else None,
                 )
-            waiting_for_billing = billing_port is not None
+            waiting_for_billing, warned = billing_port is not None, False
             started = time.monotonic()
             exited: list[str] = []
             while not stop["signal"] and not exited:
@@ -268,9 +268,16 @@ class Command(BaseCommand):
                             f"Billing is up: {RELAY} resumed, the shop's waiting events go out."
                         )
                         self.stdout.flush()
-                elif waiting_for_billing and time.monotonic() - started > BILLING_START_SECONDS:
-                    waiting_for_billing = False
-                    self.stderr.write(f"Billing did not answer on port {billing_port} yet.")
+                elif (
+                    waiting_for_billing
+                    and not warned
+                    and (time.monotonic() - started > BILLING_START_SECONDS)
+                ):
+                    warned = True  # keep waiting: a slow machine is no reason to give up
+                    self.stderr.write(
+                        f"Billing does not answer on port {billing_port} yet; the shop's "
+                        f"{RELAY} stays paused until it does."
+                    )
                 time.sleep(0.2)
         finally:
             self._stop(children)
