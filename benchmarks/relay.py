@@ -13,13 +13,14 @@ measured in the same run (see docs/BENCHMARKS.md, "Relays"):
    in parallel). The ratio is relay / pipelined.
 2. **latency**: an ``emit()`` committed in service A (its own database) to the start of
    the handler in service B (its own database), which receives through
-   ``eventbus_consume`` (brokers) or the http source view (``relay_server.py``); both services'
-   workers are real ``qcluster`` processes. p50/p99 of probes emitted one at a time at a
-   steady rate; one machine, so one clock.
+   ``eventbus_consume`` (brokers) or the http source view (``relay_server.py``); both
+   services' workers are real ``qcluster`` processes. p50/p99 of probes emitted one at a
+   time at a steady rate; one machine, so one clock.
 
 A backend whose broker is unreachable (or whose client is not installed) is skipped with
 the reason. Broker objects get names unique to the run and are deleted afterwards; the
-two databases (``bench_relay_a_<suffix>`` / ``bench_relay_b_<suffix>``) are made afresh.
+two databases (``bench_relay_a_<suffix>``, ``bench_relay_b_<suffix>``) are made afresh
+and dropped at the end.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import http.client
 import importlib
 import json
@@ -43,7 +45,6 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -60,9 +61,11 @@ URLS = {
 }
 SECRET = "relay-benchmark-secret"  # the http relay signs, the http source checks
 SOURCE = "/bench-a"  # the CloudEvents source attribute of service A's relay
+# ``--eventbus`` (JSON): merged over service A's EVENTBUS in its drain and workers.
+EXTRA: dict[str, Any] = {}
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Size:
     events: int  # the throughput backlog
     window: int  # pipelined loops: confirms outstanding at once
@@ -76,7 +79,7 @@ SIZES = {
 }
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Outgoing:
     """One CloudEvent as the relay sends it: the hand-written loops publish these."""
 
@@ -306,7 +309,7 @@ def drain(backend: str, relay: dict[str, Any], profile: Path | None = None) -> f
 
     from eventbus_app.models import Delivery
 
-    eventbus = {"NUDGE": False, "RETRY_BACKOFF": 0.1, "RELAYS": {backend: relay}}
+    eventbus = {**EXTRA, "NUDGE": False, "RETRY_BACKOFF": 0.1, "RELAYS": {backend: relay}}
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **service_env("a", eventbus)}
     cmd = [sys.executable, "-m", "django", "eventbus_drain"]
     if profile is not None:
@@ -702,7 +705,7 @@ def throughput(backend: str, size: Size, profile: Path | None) -> dict[str, Any]
             path = profile / f"relay-{backend}.prof"
             relay = {**options["profile"], "EVENT_TYPES": ["relaybench.*"], "SOURCE": SOURCE}
             drain(backend, relay, profile=path)
-            out["profile"] = {"file": str(path), "top": profile_summary(path)}
+            out["profile"] = {"file": str(path), **profile_summary(path, backend)}
     return out
 
 
@@ -713,15 +716,65 @@ def _cleanup(broker: Broker) -> None:
         print(f"  (could not clean up {broker.options}: {exc})", flush=True)
 
 
-def profile_summary(path: Path, limit: int = 25) -> str:
-    """The profile's heaviest functions by own time, then by cumulative time."""
+def profiled(backend: str) -> list[tuple[str, str, str]]:
+    """(label, path suffix, function) of the drain's parts, outermost first."""
+    return [
+        ("the drain loop (dispatch.loop.run)", "dispatch/loop.py", "run"),
+        ("fan-out (fanout.fan_out_leased)", "dispatch/fanout.py", "fan_out_leased"),
+        ("  events picked: UPDATE ... RETURNING (_pick)", "dispatch/fanout.py", "_pick"),
+        ("  deliveries inserted (_insert_deliveries)", "dispatch/fanout.py", "_insert_deliveries"),
+        (
+            "  paused / throttled handlers read (_held_handlers)",
+            "dispatch/fanout.py",
+            "_held_handlers",
+        ),
+        ("claim of due deliveries (claim.claim)", "dispatch/claim.py", "claim"),
+        ("throttled claims (claim.claim_throttled)", "dispatch/claim.py", "claim_throttled"),
+        (
+            "unfinished attempts settled (reclaim_unfinished)",
+            "dispatch/claim.py",
+            "reclaim_unfinished",
+        ),
+        ("deliveries run (execute.deliver)", "dispatch/execute.py", "deliver"),
+        ("  relay (publish.publish_deliveries)", "relay/publish.py", "publish_deliveries"),
+        ("    CloudEvents encoded (publish.message_for)", "relay/publish.py", "message_for"),
+        (
+            f"    sent and confirmed ({backend}.publish_many)",
+            f"backends/{backend}.py",
+            "publish_many",
+        ),
+        ("  successes recorded (_write_successes)", "dispatch/execute.py", "_write_successes"),
+        ("all waits on the database (psycopg Connection.wait)", "psycopg/connection.py", "wait"),
+    ]
+
+
+def profile_summary(path: Path, backend: str, limit: int = 25) -> dict[str, Any]:
+    """Where the profiled drain's time went: its parts' cumulative seconds and share of the
+    drain loop (cProfile's own overhead inflates Python-heavy parts), and the heaviest
+    functions by own time."""
     import io
 
+    stats = pstats.Stats(str(path))
+    table: dict[tuple[str, str], float] = {}
+    for (file, _line, function), row in stats.stats.items():  # type: ignore[attr-defined]
+        for _label, suffix, name in profiled(backend):
+            if function == name and file.replace(os.sep, "/").endswith(suffix):
+                table[suffix, name] = table.get((suffix, name), 0.0) + row[3]
+    total = table.get(("dispatch/loop.py", "run"), 0.0) or 1.0
+    parts = {
+        label: {"seconds": table[suffix, name], "share": table[suffix, name] / total}
+        for label, suffix, name in profiled(backend)
+        if (suffix, name) in table
+    }
     text = io.StringIO()
-    stats = pstats.Stats(str(path), stream=text).strip_dirs()
-    stats.sort_stats("tottime").print_stats(limit)
-    stats.sort_stats("cumulative").print_stats(limit)
-    return text.getvalue()
+    pstats.Stats(str(path), stream=text).strip_dirs().sort_stats("tottime").print_stats(limit)
+    return {"parts": parts, "by_own_time": text.getvalue()}
+
+
+def print_profile(summary: dict[str, Any]) -> None:
+    print("            under cProfile, share of the drain loop:")
+    for label, part in summary["parts"].items():
+        print(f"              {label:<58} {part['seconds']:7.3f} s {part['share']:6.1%}")
 
 
 # --- 2. latency ---------------------------------------------------------------------------
@@ -746,7 +799,7 @@ def latency(backend: str, size: Size) -> dict[str, Any]:
             url = stack.enter_context(receiving_server(nudge=True))
             options.update(URL=url, SECRET=SECRET)
         relay = {**options, "EVENT_TYPES": ["relaybench.*"], "SOURCE": SOURCE}
-        a_bus = {"RETRY_BACKOFF": 0.1, "RELAYS": {backend: relay}}
+        a_bus = {**EXTRA, "RETRY_BACKOFF": 0.1, "RELAYS": {backend: relay}}
         workers = [
             (service_env("a", a_bus), manage("qcluster")),
             (service_env("b", {}), manage("qcluster")),
@@ -899,6 +952,16 @@ def main(argv: list[str] | None = None) -> int:
         default=list(BACKENDS),
         help="Default: every one (those whose broker is unreachable are skipped).",
     )
+    parser.add_argument(
+        "--events", type=int, default=None, help="Backlog size (default: the size's)."
+    )
+    parser.add_argument(
+        "--eventbus",
+        type=json.loads,
+        default={},
+        metavar="JSON",
+        help="Merged over service A's EVENTBUS (e.g. '{\"BATCH_SIZE\": 500}').",
+    )
     parser.add_argument("--json", type=Path, default=None, help="Where to write the results.")
     parser.add_argument(
         "--profile",
@@ -920,7 +983,10 @@ def main(argv: list[str] | None = None) -> int:
         PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
     )
     os.environ.pop("BENCH_RELAY_EVENTBUS", None)
+    EXTRA.update(args.eventbus)
     size = SIZES[args.size]
+    if args.events:
+        size = dataclasses.replace(size, events=args.events)
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
         args.profile = args.profile.resolve()
@@ -940,6 +1006,7 @@ def main(argv: list[str] | None = None) -> int:
         "db": args.db,
         "size": args.size,
         "events": size.events,
+        "eventbus": EXTRA,
         "django_q_broker": os.environ["BENCH_QBROKER"],
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -982,7 +1049,7 @@ def main(argv: list[str] | None = None) -> int:
             for stage, ms in r["latency"]["stages_p50_ms"].items():
                 print(f"            {stage:<60} p50 {ms:7.1f} ms", flush=True)
             if "profile" in t:
-                print(t["profile"]["top"], flush=True)
+                print_profile(t["profile"])
     finally:
         drop_databases(args.db)
     meta["seconds"] = time.perf_counter() - began
