@@ -26,6 +26,7 @@ from uuid import UUID
 from ..models import OutboxEvent
 
 CONTENT_TYPE = "application/cloudevents+json"
+BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"  # the HTTP binding's batched mode
 SPECVERSION = "1.0"
 
 

@@ -58,6 +58,26 @@ def receive(source: str, body: bytes, using: str = "default") -> Outcome:
     return outcome
 
 
+def receive_many(source: str, bodies: list[bytes], using: str = "default") -> list[Outcome]:
+    """Store several received messages in one transaction (the http source's batched
+    mode): all are stored (or dropped as duplicates, or kept as unreadable) or, if the
+    database fails, none; the caller acks them together."""
+    outcomes: list[Outcome] = []
+    with transaction.atomic(using=using):
+        for body in bodies:
+            try:
+                incoming = decode(body)
+            except UnreadableMessage as exc:
+                outcomes.append(_keep_unreadable(source, body, str(exc), using))
+            else:
+                outcomes.append(_store(source, incoming, using))
+    if Outcome.STORED in outcomes and eventbus_settings.NUDGE:
+        from ..tasks import nudge
+
+        nudge(using)
+    return outcomes
+
+
 def _store(source: str, incoming: Incoming, using: str) -> Outcome:
     with transaction.atomic(using=using):
         if OutboxEvent.objects.using(using).filter(uuid=incoming.uuid).exists():

@@ -12,7 +12,7 @@ from django.test import Client
 
 from eventbus_app import Event, emit
 from eventbus_app.models import Delivery, OutboxEvent
-from eventbus_app.relay.cloudevents import encode
+from eventbus_app.relay.cloudevents import BATCH_CONTENT_TYPE, encode
 from eventbus_app.relay.signing import HEADER, sign
 from eventbus_app.testing import drain
 
@@ -186,3 +186,100 @@ def test_a_refusing_receiver_fails_the_relay_delivery(
     dead = Delivery.objects.get(handler="relay:billing")
     assert dead.status == Delivery.Status.DEAD
     assert "401" in dead.last_error
+
+
+def post_batch(client: Client, body: bytes, signature: str | None) -> Any:
+    headers = {HEADER: signature} if signature is not None else {}
+    return client.post(URL, body, content_type=BATCH_CONTENT_TYPE, headers=headers)
+
+
+@pytest.mark.django_db
+def test_a_signed_batch_is_stored_in_one_go_with_each_events_outcome(
+    source: None, client: Client
+) -> None:
+    first = cloudevent(subject="invoice-1")
+    body = encode(first)
+    assert post(client, body, sign(SECRET, body)).status_code == 202
+    second = cloudevent(subject="invoice-1", data={"invoice": 10})
+    batch = [first, second, {"specversion": "1.0", "id": "x"}, cloudevent(subject="")]
+    body = b"[" + b",".join(encode(e) for e in batch) + b"]"
+    response = post_batch(client, body, sign(SECRET, body))
+    assert response.status_code == 202, response.content
+    assert response.json() == {
+        "outcomes": ["duplicate", "stored", "dead", "stored"],
+        "stored": 2,
+        "duplicate": 1,
+        "dead": 1,
+    }
+    received = OutboxEvent.objects.filter(source="shop").exclude(
+        event_type="eventbus_app.unreadable"
+    )
+    assert sorted(str(r.uuid) for r in received) == sorted(
+        [first["id"], second["id"], batch[3]["id"]]
+    )
+    assert [r.position for r in received.filter(stream="invoice-1").order_by("position")] == [1, 2]
+    kept = OutboxEvent.objects.get(event_type="eventbus_app.unreadable")
+    assert "required attribute 'source'" in Delivery.objects.get(event=kept).last_error
+    # The whole batch again (a retry after a lost answer): every one a duplicate.
+    again = post_batch(client, body, sign(SECRET, body))
+    assert again.status_code == 200 and again.json()["duplicate"] == 4
+
+
+@pytest.mark.django_db
+def test_a_batch_with_a_bad_signature_stores_nothing(source: None, client: Client) -> None:
+    body = b"[" + encode(cloudevent()) + b"]"
+    assert post_batch(client, body, sign("not-the-secret", body)).status_code == 401
+    assert not OutboxEvent.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_batch_that_is_no_json_array_is_kept_whole_as_one_dead_letter(
+    source: None, client: Client
+) -> None:
+    body = b'{"not": "an array"}'
+    response = post_batch(client, body, sign(SECRET, body))
+    assert response.status_code == 202 and response.json() == {"outcome": "dead"}
+    kept = OutboxEvent.objects.get(source="shop")
+    assert kept.event_type == "eventbus_app.unreadable"
+    assert kept.payload["text"] == body.decode()
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "other"])
+def test_the_http_relay_sends_a_claim_as_one_signed_batch(
+    relays: Any, settings: Any, live_server: Any
+) -> None:
+    """Many streams' events in one claim: one request, all stored by the receiver."""
+    from django.core.signals import request_finished
+
+    settings.ROOT_URLCONF = "tests.relay.urls"
+    relays(
+        relays={"billing": {"BACKEND": "http", "URL": f"{live_server.url}{URL}", "SECRET": SECRET}},
+        sources={"shop": {"BACKEND": "http", "SECRET": SECRET, "DATABASE": "other"}},
+    )
+    requests: list[int] = []
+
+    def count(**kwargs: Any) -> None:
+        requests.append(1)
+
+    request_finished.connect(count)
+    try:
+        sent = [emit(Paid(invoice=n), stream=f"invoice-{n}") for n in range(40)]
+        counts = drain()
+    finally:
+        request_finished.disconnect(count)
+    assert counts["dead"] == 0, counts
+    received = OutboxEvent.objects.using("other").filter(source="shop")
+    assert sorted(r.uuid for r in received) == sorted(s.uuid for s in sent)
+    assert len(requests) == 1  # one claim: one POST
+
+
+def test_a_batch_is_split_into_requests_that_fit() -> None:
+    from eventbus_app.relay.backends.base import Message
+    from eventbus_app.relay.backends.http import _chunks
+
+    messages = [Message(id=str(n), type="t", subject="", body=b"x" * 100) for n in range(10)]
+    chunks = list(_chunks(messages, 350))
+    assert [len(c) for c in chunks] == [3, 3, 3, 1]
+    assert [m for c in chunks for m in c] == messages
+    # One event bigger than the limit still goes (alone): the receiver's limit decides.
+    assert [len(c) for c in _chunks([Message("a", "t", "", b"x" * 999)], 350)] == [1]
