@@ -113,17 +113,14 @@ class Demo:
         with self.browser.open(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
             return str(response.read().decode())
 
-    def post_form(self, path: str, data: dict[str, str]) -> str:
-        """Submit the shop's form at ``path`` as a browser would (CSRF token included)."""
-        page = self.get(self.shop_port, path)
+    def post_form(self, path: str, data: dict[str, str], port: int | None = None) -> str:
+        """Submit the form at ``path`` (the shop's, or ``port``'s) as a browser would."""
+        url = f"http://127.0.0.1:{port or self.shop_port}{path}"
+        page = self.get(port or self.shop_port, path)
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
         assert token, page[:2000]
         body = urllib.parse.urlencode({**data, "csrfmiddlewaretoken": token[1]}).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.shop_port}{path}",
-            data=body,
-            headers={"Referer": f"http://127.0.0.1:{self.shop_port}{path}"},
-        )
+        request = urllib.request.Request(url, data=body, headers={"Referer": url})
         with self.browser.open(request, timeout=10) as response:  # follows the redirect
             return str(response.geturl())
 
@@ -252,8 +249,22 @@ def _exercise(run: Demo) -> None:
     assert f'data-uuid="{uuid.UUID(registered)}"' in page
     assert f'data-uuid="{uuid.UUID(placed)}"' in page
     assert "billing.charge_order" in page and 'class="pill succeeded"' in page
-    # Its own admin, with the eventbus console.
-    assert "Log in" in run.get(run.billing_port, "/admin/login/")
+    # Its own admin (same login, its own session cookie), with the eventbus console: the
+    # received event's page shows the shop's uuid and the source.
+    landed = run.post_form(
+        "/admin/login/?next=/admin/",
+        {"username": "admin", "password": "eventbus-demo"},
+        port=run.billing_port,
+    )
+    assert landed.endswith("/admin/"), landed
+    [(pk,)] = run.query(
+        run.billing_db, "SELECT id FROM eventbus_app_outboxevent WHERE uuid = ?", placed
+    )
+    event_page = run.get(run.billing_port, f"/admin/eventbus_app/outboxevent/{pk}/change/")
+    assert str(uuid.UUID(placed)) in event_page and "shop" in event_page
+    assert "billing.charge_order" in event_page
+    for console in ("outboxevent/overview/", "deadletter/", "delivery/"):
+        assert "Log in" not in run.get(run.billing_port, f"/admin/eventbus_app/{console}")
 
 
 @own_sqlite
