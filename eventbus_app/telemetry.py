@@ -131,3 +131,45 @@ def delivery_span(
             _instrument("duration").record(
                 time.monotonic() - started, {"eventbus.handler": handler}
             )
+
+
+@contextmanager
+def batch_spans(handler: str, deliveries: list[Any]) -> Iterator[list[Span]]:
+    """One PRODUCER span per delivery of a batch handler (a relay's publish), each in its
+    event's emitter trace, all open while the batch runs; the caller marks failures."""
+    if not ENABLED or not _configured():
+        yield [Span(None, handler) for _ in deliveries]
+        return
+    tracer = trace.get_tracer("eventbus_app")
+    started = time.monotonic()
+    spans: list[Span] = []
+    for delivery in deliveries:
+        event = delivery.event
+        traceparent = getattr(event, "traceparent", "")
+        parent = _propagator.extract({"traceparent": traceparent}) if traceparent else None
+        span = tracer.start_span(
+            f"eventbus publish {handler}",
+            context=parent,
+            kind=trace.SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "eventbus",
+                "messaging.operation": "publish",
+                "messaging.batch.message_count": len(deliveries),
+                "eventbus.event_type": event.event_type,
+                "eventbus.event_id": event.pk,
+                "eventbus.event_uuid": str(event.uuid),
+                "eventbus.handler": handler,
+                "eventbus.attempt": delivery.attempts + 1,
+            },
+        )
+        spans.append(Span(span, handler))
+    try:
+        yield spans
+    finally:
+        took = time.monotonic() - started
+        for result in spans:
+            result.span.set_attribute("eventbus.outcome", result.outcome)
+            labels = {"eventbus.handler": handler, "eventbus.outcome": result.outcome}
+            _instrument("deliveries").add(1, labels)
+            _instrument("duration").record(took, {"eventbus.handler": handler})
+            result.span.end()

@@ -110,3 +110,46 @@ def test_a_failing_delivery_records_its_error_on_the_span(otel: Any, register: A
     assert span.attributes["eventbus.outcome"] == "dead"
     assert span.status.status_code == trace.StatusCode.ERROR
     assert any(e.name == "exception" for e in span.events)
+
+
+def test_a_relays_batch_publishes_in_each_events_trace(
+    otel: Any, settings: Any, tmp_path: Any
+) -> None:
+    """Each relayed event gets a PRODUCER span in its emitter's trace, the refused one with
+    its error; the CloudEvent carries the same traceparent on."""
+    from eventbus_app.relay.config import install_relays, uninstall_relays
+
+    exporter, _ = otel
+    exporter.clear()
+    settings.EVENTBUS = {
+        **settings.EVENTBUS,
+        "NUDGE": False,
+        "RELAYS": {
+            "out": {
+                "BACKEND": "tests.relay.filebackend",
+                "PATH": str(tmp_path / "broker.jsonl"),
+                "EVENT_TYPES": ["t.otel.*"],
+                "REFUSE_TYPES": ["t.otel.Invoiced"],
+                "MAX_ATTEMPTS": 1,
+            }
+        },
+    }
+    install_relays()
+    try:
+        tracer = trace.get_tracer("tests")
+        with tracer.start_as_current_span("POST /orders") as request:
+            emit(Ordered(n=1))
+            emit(Invoiced(n=1))
+        drain()
+    finally:
+        uninstall_relays()
+    spans = [s for s in exporter.get_finished_spans() if s.name == "eventbus publish relay:out"]
+    assert len(spans) == 2
+    trace_id = request.get_span_context().trace_id
+    assert {s.context.trace_id for s in spans} == {trace_id}
+    assert all(s.kind == trace.SpanKind.PRODUCER for s in spans)
+    by_type = {s.attributes["eventbus.event_type"]: s for s in spans}
+    assert by_type["t.otel.Ordered"].attributes["eventbus.outcome"] == "succeeded"
+    refused = by_type["t.otel.Invoiced"]
+    assert refused.attributes["eventbus.outcome"] == "dead"
+    assert refused.status.status_code == trace.StatusCode.ERROR

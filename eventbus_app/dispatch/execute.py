@@ -375,29 +375,30 @@ class _Batch:
             self.counts.released += release(self.using, self.token, group)
             return
         self.ran += 1
-        self._span = telemetry.Span(None, name)
-        outcomes: list[Exception | None]
-        try:
-            with self.limiter.limit(seconds) as timer:
-                try:
-                    outcomes = list(spec.batch(group, self.using))
-                except Interrupt as exc:
-                    raise _timed_out(spec, seconds) from exc
-            if timer.fired:
-                raise _timed_out(spec, seconds)
-            if len(outcomes) != len(group):
-                raise RuntimeError(
-                    f"{name} returned {len(outcomes)} outcomes for {len(group)} deliveries"
-                )
-        except Exception as exc:
-            outcomes = [exc] * len(group)
-        ok = [d for d, outcome in zip(group, outcomes, strict=True) if outcome is None]
-        if ok:
-            self._write_successes(ok)
-        position = len(self.todo)  # past the end: a failure marks no next delivery
-        for delivery, outcome in zip(group, outcomes, strict=True):
-            if outcome is not None:
-                self._failed(delivery, spec, outcome, position, at_commit=False)
+        with telemetry.batch_spans(name, group) as spans:
+            outcomes: list[Exception | None]
+            try:
+                with self.limiter.limit(seconds) as timer:
+                    try:
+                        outcomes = list(spec.batch(group, self.using))
+                    except Interrupt as exc:
+                        raise _timed_out(spec, seconds) from exc
+                if timer.fired:
+                    raise _timed_out(spec, seconds)
+                if len(outcomes) != len(group):
+                    raise RuntimeError(
+                        f"{name} returned {len(outcomes)} outcomes for {len(group)} deliveries"
+                    )
+            except Exception as exc:
+                outcomes = [exc] * len(group)
+            ok = [d for d, outcome in zip(group, outcomes, strict=True) if outcome is None]
+            if ok:
+                self._write_successes(ok)
+            position = len(self.todo)  # past the end: a failure marks no next delivery
+            for delivery, outcome, span in zip(group, outcomes, spans, strict=True):
+                if outcome is not None:
+                    self._failed(delivery, spec, outcome, position, at_commit=False)
+                    span.failed(delivery.status, outcome)
 
     def _write_successes(self, ok: list[Delivery]) -> None:
         """Record confirmed deliveries (and any pending successes) in one write."""
