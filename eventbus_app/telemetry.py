@@ -3,8 +3,8 @@
 * ``emit()`` stores the current trace context (``traceparent``) with the event;
 * each delivery runs in a CONSUMER span that continues the trace of the event's emitter
   (attributes: event type, uuid, id, handler, attempt, outcome), so a web request and every
-  handler down its chain of events are one trace; relays put the same ``traceparent`` in
-  the CloudEvents they publish;
+  handler down its chain of events are one trace; a relay's batch opens a PRODUCER span per
+  event (``batch_spans``) and puts the same ``traceparent`` in the CloudEvents it publishes;
 * metrics through the OTel metrics API: ``eventbus.deliveries`` (counter, by handler and
   outcome), ``eventbus.delivery.duration`` (seconds) and ``eventbus.delivery.lag`` (seconds
   from the event's creation to its delivery's start), both histograms by handler.
