@@ -113,10 +113,13 @@ class Demo:
         with self.browser.open(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
             return str(response.read().decode())
 
-    def post_form(self, path: str, data: dict[str, str], port: int | None = None) -> str:
-        """Submit the form at ``path`` (the shop's, or ``port``'s) as a browser would."""
+    def post_form(
+        self, path: str, data: dict[str, str], port: int | None = None, page: str = ""
+    ) -> str:
+        """Submit the form at ``path`` (the shop's, or ``port``'s) as a browser would, from
+        the page it is on (``page``, by default ``path`` itself)."""
         url = f"http://127.0.0.1:{port or self.shop_port}{path}"
-        page = self.get(port or self.shop_port, path)
+        page = self.get(port or self.shop_port, page or path)
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
         assert token, page[:2000]
         body = urllib.parse.urlencode({**data, "csrfmiddlewaretoken": token[1]}).encode()
@@ -203,11 +206,13 @@ def _exercise(run: Demo) -> None:
     )
     assert "/accounts/users/" in profile
     order_page = run.post_form("/orders/", {"product": "Milk frother", "quantity": "2"})
-    order_id = uuid.UUID(order_page.rstrip("/").rsplit("/", 1)[1])
-    run.wait_for("zoe's events in billing", lambda: _billing_done(run, SEEDED_RELAYED + 2))
+    order_path = urllib.parse.urlsplit(order_page).path
+    order_id = uuid.UUID(order_path.rstrip("/").rsplit("/", 1)[1])
+    run.post_form(f"{order_path}refund/", {}, page=order_path)  # RefundIssued, 5.00 EUR
+    run.wait_for("zoe's events in billing", lambda: _billing_done(run, SEEDED_RELAYED + 3))
 
     sent = _relayed(run)
-    assert len(sent) == SEEDED_RELAYED + 2
+    assert len(sent) == SEEDED_RELAYED + 3
     received = run.query(
         run.billing_db,
         "SELECT e.uuid, e.event_type, e.source, d.handler, d.status "
@@ -236,12 +241,16 @@ def _exercise(run: Demo) -> None:
         "zoe@example.com",
     )
     assert account == [("Zoe Adams", registered)]
+    [refunded] = [u for u, (t, p) in sent.items() if t == "orders.RefundIssued"]
     ledger = run.query(
         run.billing_db,
-        "SELECT kind, amount, event_uuid FROM billing_ledgerline WHERE order_id = ?",
+        "SELECT kind, amount, event_uuid FROM billing_ledgerline WHERE order_id = ? ORDER BY id",
         order_id.hex,
     )
-    assert [(k, Decimal(str(a)), u) for k, a, u in ledger] == [("charge", Decimal("79.80"), placed)]
+    assert [(k, Decimal(str(a)), u) for k, a, u in ledger] == [
+        ("charge", Decimal("79.80"), placed),
+        ("refund", Decimal("-5.00"), refunded),
+    ]
     assert run.query(run.billing_db, "SELECT count(*) FROM billing_account")[0][0] == 5
 
     # Billing's page shows what it received: the shop's uuid, type, source, outcome.
