@@ -1,7 +1,7 @@
-"""A broker restarted under a relay (the test's own redis-server / nats-server): the
-relay's deliveries fail while it is down, others run, and once it is back the retried
-deliveries publish: nothing lost, order per stream kept. (RabbitMQ: the machine's node is
-shared, so its restart is not done here; its down case is test_backends' closed port.)"""
+"""A broker restarted under a relay (the test's own redis-server / nats-server / RabbitMQ
+node, whose app is stopped and started with rabbitmqctl): the relay's deliveries fail while
+it is down, others run, and once it is back the retried deliveries publish: nothing lost,
+order per stream kept."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from .test_backends import Shipped, collect
 pytestmark = pytest.mark.django_db(databases=["default", "other"])
 
 
-@pytest.mark.parametrize("kind", ["redis", "nats"])
+@pytest.mark.parametrize("kind", ["redis", "nats", "rabbitmq"])
 def test_relay_survives_a_broker_restart(
     kind: str, relays: Any, register: Any, own_server: Callable[[str], Any]
 ) -> None:

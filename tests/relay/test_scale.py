@@ -434,11 +434,10 @@ def test_two_services_through_a_broker_with_faults(
         assert app.wait(30) == 0, processes.tails()
         # A re-published duplicate reaches billing after its original: wait for the relay
         # to finish and billing's queue to empty, then for billing's local handler.
-        wait("relay deliveries", lambda: published() == N, 120)
-        wait("billing's source", lambda: broker.unsettled() == 0, 120)
-        wait(
-            "billing's handler", lambda: count("other", handler=LOCAL, status="succeeded") == N, 300
-        )
+        wait("relay deliveries", lambda: published() == N, 120 + N * 0.03)
+        wait("billing's source", lambda: broker.unsettled() == 0, 120 + N * 0.03)
+        handled = lambda: count("other", handler=LOCAL, status="succeeded") == N  # noqa: E731
+        wait("billing's handler", handled, 120 + N * 0.03)
         elapsed = time.monotonic() - began
         consumer.send_signal(signal.SIGTERM)
         assert consumer.wait(30) == 0, processes.tails()
