@@ -18,6 +18,7 @@ is not used: the mapping is these few lines, and the SDK would be one more depen
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -93,6 +94,33 @@ def _uuid(value: Any, attribute: str) -> UUID:
         raise UnreadableMessage(f"{attribute} must be a UUID, got {value!r:.80}") from None
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # what no database text column can hold
+
+
+def _unstorable(value: Any, path: str) -> str | None:
+    """Where ``value`` holds a NUL or a lone surrogate (JSON can escape them; PostgreSQL
+    cannot store them), or None."""
+    if isinstance(value, str):
+        found = _UNSTORABLE.search(value)
+        return (
+            f"{path or 'the event'} holds {found.group()!r}, which cannot be stored"
+            if found
+            else None
+        )
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            bad = _unstorable(key, where) or _unstorable(item, where)
+            if bad:
+                return bad
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            bad = _unstorable(item, f"{path}[{i}]")
+            if bad:
+                return bad
+    return None
+
+
 def decode(body: bytes) -> Incoming:
     """Parse and check one structured-mode CloudEvent; raises UnreadableMessage."""
     try:
@@ -101,6 +129,9 @@ def decode(body: bytes) -> Incoming:
         raise UnreadableMessage(f"not JSON: {exc}") from None
     if not isinstance(event, dict):
         raise UnreadableMessage(f"a CloudEvent is a JSON object, got {type(event).__name__}")
+    bad = _unstorable(event, "")
+    if bad:
+        raise UnreadableMessage(bad)
     if event.get("specversion") != SPECVERSION:
         raise UnreadableMessage(f"specversion must be '1.0', got {event.get('specversion')!r}")
     for attribute in ("id", "source", "type"):

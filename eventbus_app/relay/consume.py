@@ -1,9 +1,9 @@
 """The loop behind ``manage.py eventbus_consume NAME``.
 
-Per message: the inbox stores it (one transaction), then the consumer acks it; so a crash
-anywhere loses nothing (the broker redelivers what was not acked; the inbox drops what it
-already has). ``stop`` (SIGTERM) is checked between messages: the message in hand is
-finished, the rest of the batch is left unacked and goes back to the broker. A broker or
+Per batch received: the inbox stores its messages (one transaction), then the consumer acks
+them; so a crash anywhere loses nothing (the broker redelivers what was not acked; the
+inbox drops what it already has). ``stop`` (SIGTERM) is checked between batches: the batch
+in hand is stored and acked, nothing more is taken. A broker or
 database error closes the connection and reconnects after a backoff (0.5 s doubling to 30 s).
 """
 
@@ -21,7 +21,7 @@ from django.db import close_old_connections
 from .backends import load_backend
 from .backends.base import Consumer
 from .config import source_options
-from .inbox import receive
+from .inbox import receive_many
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ def run(
 ) -> Counter[str]:
     options = check_source(name)
     backend = load_backend(options["BACKEND"])
+    database = options["DATABASE"]
     counts: Counter[str] = Counter()
     backoff = BACKOFF_START
     next_report = time.monotonic() + report_every
@@ -49,11 +50,13 @@ def run(
             consumer = backend.Consumer(name, options)
             report(f"{name}: connected ({options['BACKEND']})")
             while not stop.is_set():
-                for message in consumer.receive(batch, poll):
-                    if stop.is_set():
-                        break  # unacked: the broker gives it to the next consumer
-                    counts[receive(name, message.body, options["DATABASE"]).value] += 1
-                    consumer.ack(message)
+                messages = consumer.receive(batch, poll)
+                if messages:
+                    # One transaction for what arrived together, then the acks: a crash
+                    # before them only makes the broker deliver again what the inbox has.
+                    outcomes = receive_many(name, [m.body for m in messages], database)
+                    counts.update(o.value for o in outcomes)
+                    consumer.ack_many(messages)
                 backoff = BACKOFF_START
                 if time.monotonic() >= next_report:
                     next_report = time.monotonic() + report_every

@@ -20,12 +20,13 @@ import logging
 import uuid
 from enum import StrEnum
 
-from django.db import IntegrityError, transaction
+from django.db import DataError, IntegrityError, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
 from ..conf import eventbus_settings
 from ..dispatch import UNROUTABLE
+from ..dispatch.retry import storable
 from ..models import Delivery, OutboxEvent
 from ..streams.store import next_position
 from .cloudevents import Incoming, UnreadableMessage, decode
@@ -46,36 +47,35 @@ class Outcome(StrEnum):
 
 def receive(source: str, body: bytes, using: str = "default") -> Outcome:
     """Store one received message for ``source``; the caller acks it once this returns."""
+    return receive_many(source, [body], using)[0]
+
+
+def receive_many(source: str, bodies: list[bytes], using: str = "default") -> list[Outcome]:
+    """Store several received messages in one transaction (a consumer's batch, the http
+    source's batched mode): all are stored (or dropped as duplicates, or kept as
+    unreadable) or, if the database fails, none; the caller acks them after. The
+    dispatcher is nudged once, after the commit."""
+    with transaction.atomic(using=using):
+        outcomes = [_receive_one(source, body, using) for body in bodies]
+    if Outcome.STORED in outcomes and eventbus_settings.NUDGE:
+        from ..tasks import nudge
+
+        nudge(using)  # never raises: a lost nudge waits for the sweep
+    return outcomes
+
+
+def _receive_one(source: str, body: bytes, using: str) -> Outcome:
     try:
         incoming = decode(body)
     except UnreadableMessage as exc:
         return _keep_unreadable(source, body, str(exc), using)
-    outcome = _store(source, incoming, using)
-    if outcome is Outcome.STORED and eventbus_settings.NUDGE:
-        from ..tasks import nudge
-
-        nudge(using)  # never raises: a lost nudge waits for the sweep
-    return outcome
-
-
-def receive_many(source: str, bodies: list[bytes], using: str = "default") -> list[Outcome]:
-    """Store several received messages in one transaction (the http source's batched
-    mode): all are stored (or dropped as duplicates, or kept as unreadable) or, if the
-    database fails, none; the caller acks them together."""
-    outcomes: list[Outcome] = []
-    with transaction.atomic(using=using):
-        for body in bodies:
-            try:
-                incoming = decode(body)
-            except UnreadableMessage as exc:
-                outcomes.append(_keep_unreadable(source, body, str(exc), using))
-            else:
-                outcomes.append(_store(source, incoming, using))
-    if Outcome.STORED in outcomes and eventbus_settings.NUDGE:
-        from ..tasks import nudge
-
-        nudge(using)
-    return outcomes
+    try:
+        with transaction.atomic(using=using):  # a savepoint: this message's row only
+            return _store(source, incoming, using)
+    except DataError as exc:
+        # A value this database refuses (a decoded CloudEvent can still be too much for a
+        # column): kept raw like an unreadable one, never retried for ever.
+        return _keep_unreadable(source, body, f"the database refused it: {exc}", using)
 
 
 def _store(source: str, incoming: Incoming, using: str) -> Outcome:
@@ -120,7 +120,7 @@ def _keep_unreadable(source: str, body: bytes, error: str, using: str) -> Outcom
     key = uuid.uuid5(_RAW, f"{source}/{hashlib.sha256(body).hexdigest()}")
     kept = body[:RAW_LIMIT]
     try:
-        raw: dict[str, str] = {"text": kept.decode()}
+        raw: dict[str, str] = {"text": storable(kept.decode())}  # NUL escaped, not dropped
     except UnicodeDecodeError:
         raw = {"base64": base64.b64encode(kept).decode()}
     message = (
@@ -133,7 +133,7 @@ def _keep_unreadable(source: str, body: bytes, error: str, using: str) -> Outcom
         record = OutboxEvent.objects.using(using).create(
             uuid=key,
             event_type=UNREADABLE_TYPE,
-            payload={**raw, "error": error, "bytes": len(body)},
+            payload={**raw, "error": storable(error), "bytes": len(body)},
             correlation_id=uuid.uuid4(),
             source=source,
             dispatched_at=Now(),  # its dead letter is made here, not by the fan-out

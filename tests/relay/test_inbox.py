@@ -3,6 +3,7 @@ as dead letters."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -97,3 +98,54 @@ def test_traceparent_goes_out_and_comes_back_in() -> None:
 
     inbox.receive("shop", encode(cloudevent(traceparent=trace)))
     assert OutboxEvent.objects.get(source="shop").traceparent == trace
+
+
+@pytest.mark.parametrize(
+    ("case", "body", "why"),
+    [
+        # Valid JSON whose data decodes to a NUL: PostgreSQL's jsonb refuses it.
+        ("escaped NUL in data", encode(cloudevent(data={"note": "a\x00b"})), "data.note"),
+        ("escaped NUL in subject", encode(cloudevent(subject="s\x00")), "subject"),
+        # (escaped as JSON does by default: \ud800 in ASCII)
+        ("lone surrogate", json.dumps(cloudevent(data={"n": "\ud800"})).encode(), "data.n"),
+        # Raw bytes: no JSON at all, and a NUL that must be kept escaped, not dropped.
+        ("raw NUL byte", b'{"a": "\x00"}', "not JSON"),
+    ],
+)
+def test_what_no_database_can_store_is_kept_as_a_dead_letter_and_blocks_nothing(
+    case: str, body: bytes, why: str
+) -> None:
+    good = encode(cloudevent())
+    outcomes = inbox.receive_many("shop", [body, good])
+    assert outcomes == [inbox.Outcome.DEAD, inbox.Outcome.STORED], case
+    kept = OutboxEvent.objects.get(event_type=inbox.UNREADABLE_TYPE)
+    dead = Delivery.objects.get(event=kept)
+    assert dead.status == Delivery.Status.DEAD
+    assert why in dead.last_error
+    if "text" in kept.payload:
+        assert "\x00" not in kept.payload["text"]
+    assert inbox.receive("shop", body) is inbox.Outcome.DUPLICATE  # redelivered: dropped
+    assert OutboxEvent.objects.filter(source="shop").count() == 2
+
+
+def test_a_batch_is_stored_in_one_transaction() -> None:
+    """A failure while storing the second message stores none of the batch (the caller
+    has acked nothing; the broker delivers it all again)."""
+    from django.db.models.signals import post_save
+
+    first, second = encode(cloudevent()), encode(cloudevent())
+    saved: list[int] = []
+
+    def fail_on_second(sender: Any, instance: OutboxEvent, **kwargs: Any) -> None:
+        saved.append(instance.pk)
+        if len(saved) == 2:
+            raise RuntimeError("the second write failed")
+
+    post_save.connect(fail_on_second, sender=OutboxEvent)
+    try:
+        with pytest.raises(RuntimeError, match="second write"):
+            inbox.receive_many("shop", [first, second])
+    finally:
+        post_save.disconnect(fail_on_second, sender=OutboxEvent)
+    assert not OutboxEvent.objects.filter(source="shop").exists()
+    assert inbox.receive_many("shop", [first, second]) == [inbox.Outcome.STORED] * 2

@@ -146,6 +146,12 @@ class Consumer(ABC):
     def ack(self, message: Received) -> None:
         """Tell the broker ``message`` is stored (after the inbox committed it)."""
 
+    def ack_many(self, messages: Sequence[Received]) -> None:
+        """Ack a batch the inbox committed together (one call each, unless the backend can
+        do better)."""
+        for message in messages:
+            self.ack(message)
+
     def lag(self) -> int | None:
         """Messages waiting for this source at the broker (None: the broker cannot say)."""
         return None

@@ -100,6 +100,10 @@ class Consumer(BaseConsumer):
     def ack(self, message: Received) -> None:
         self.client.xack(self.stream, self.group, message.token)
 
+    def ack_many(self, messages: Sequence[Received]) -> None:
+        if messages:
+            self.client.xack(self.stream, self.group, *(m.token for m in messages))
+
     def lag(self) -> int | None:
         groups: Any = self.client.xinfo_groups(self.stream)
         for group in groups:
