@@ -239,9 +239,11 @@ def _insert_deliveries(
     # The first leased delivery (the first the batch runs) gets its start marker here, so
     # fresh work needs no write before its first handler starts. (A worker killed in the
     # millisecond between this commit and that start charges that delivery one attempt.)
+    # Batch handlers (relays) run after the others and carry no marker: skipped here.
     first_leased = [False] * len(rows)
     for index, row in enumerate(rows):
-        if row.leased:
+        spec = get_handler(row.handler) if row.leased else None
+        if row.leased and (spec is None or spec.batch is None):
             first_leased[index] = True
             break
     with connection.cursor() as cursor:

@@ -297,3 +297,22 @@ def test_relay_deliveries_given_back_with_the_rest_are_claimed_again(
     assert set(relayed.values_list("status", "attempts")) == {(Status.SUCCEEDED, 1)}
     published = sorted(i for call in batches(log) for i in call["ids"])
     assert published == sorted(str(e.uuid) for e in sent)
+
+
+@pytest.mark.postgres
+def test_fan_out_puts_the_start_marker_on_a_handler_not_on_the_relay(
+    relays: Any, register: Any, tmp_path: Any
+) -> None:
+    """The fan-out's start marker covers the first delivery the batch runs; a relay's run
+    after the others and carry none (a kill mid-publish charges nobody)."""
+    from eventbus_app.dispatch import fan_out_leased
+
+    relays(relays={"out": file_relay(tmp_path / "broker.jsonl")})
+
+    @register(Shipped, name="test.local")
+    def local(event: Shipped) -> None: ...
+
+    emit(Shipped(order=1, note=""))
+    _, _, leased = fan_out_leased("default")
+    marked = {d.handler: d.in_flight for d in leased}
+    assert marked == {"relay:out": 0, "test.local": 1}
