@@ -93,14 +93,24 @@ class Event:
             raise PayloadError(self.event_type, exc.path, exc.problem) from None
 
     @classmethod
-    def from_json(cls, payload: Any, version: int | None = None) -> Event:
-        """Rebuild an event from its stored payload (and stored version)."""
+    def from_json(
+        cls, payload: Any, version: int | None = None, *, ignore_unknown: bool = False
+    ) -> Event:
+        """Rebuild an event from its stored payload (and stored version).
+
+        ``ignore_unknown``: top-level fields the class does not declare are left out rather
+        than refused. Events received from another service are read so (a tolerant reader:
+        the sender may add a field before the receiver declares it); local events are not,
+        where an unknown field means the class lost one."""
         if not isinstance(payload, dict):
             raise PayloadMismatch(
                 f"Stored payload of {cls.event_type} is {type(payload).__name__}, not an object"
             )
         if version is not None and version != cls.version:
             payload = cls.upcast(dict(payload), version)
+        if ignore_unknown:
+            declared = codec.field_types(cls)
+            payload = {k: v for k, v in payload.items() if k in declared}
         try:
             return codec.decode_fields(cls, payload)
         except codec.CodecError as exc:

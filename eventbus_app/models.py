@@ -148,6 +148,12 @@ class OutboxEvent(models.Model):
                 name="eventbus_undispatched_idx",
                 condition=models.Q(dispatched_at__isnull=True),
             ),
+            # The console's source filter: received events by source, newest first.
+            models.Index(
+                fields=["source", "-id"],
+                name="eventbus_received_idx",
+                condition=~models.Q(source=""),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -117,6 +117,32 @@ class ExceptionFilter(DistinctValueFilter):
     field = "error_class"
 
 
+class SourceFilter(admin.SimpleListFilter):
+    """Local events, or those received from one of ``EVENTBUS["SOURCES"]`` (shown where
+    the service has sources)."""
+
+    title = "source"
+    parameter_name = "source"
+    LOCAL = "-"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        from ..conf import eventbus_settings
+
+        sources = eventbus_settings.SOURCES
+        names = set(sources) if isinstance(sources, dict) else set()
+        if not names:
+            return []  # a service that receives nothing: no filter to show
+        return [(self.LOCAL, "local (emitted here)"), *((n, n) for n in sorted(names))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if value == self.LOCAL:
+            return queryset.filter(source="")
+        if value:
+            return queryset.filter(source=value)
+        return queryset
+
+
 class OutboxEventTypeFilter(DistinctValueFilter):
     title = "event type"
     parameter_name = "event_type"

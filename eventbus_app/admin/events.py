@@ -27,6 +27,7 @@ from .common import (
     AuditRecordAdmin,
     DeliveryStateFilter,
     OutboxEventTypeFilter,
+    SourceFilter,
     actor,
     plural,
     write_db,
@@ -71,7 +72,7 @@ class EventChangeList(ChangeList):
 @admin.register(OutboxEvent)
 class OutboxEventAdmin(OverviewPage, StreamPage, EventMapPage, AuditRecordAdmin):
     list_display = ["id", "event_type", "created", "correlation", "delivery_summary", "data"]
-    list_filter = [OutboxEventTypeFilter, "created_at", DeliveryStateFilter]
+    list_filter = [OutboxEventTypeFilter, SourceFilter, "created_at", DeliveryStateFilter]
     search_help_text = (
         "Event id, correlation id or event type; or payload text (the newest "
         f"{SEARCH_WINDOW:,} events)."

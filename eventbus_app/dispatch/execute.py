@@ -779,7 +779,8 @@ def load_event(record: Any) -> Event:
             f"#{record.pk}). Restore the class (or one with event_type={record.event_type!r}), "
             "then retry this dead letter."
         )
-    return cls.from_json(record.payload, record.version)
+    # A received event (source set) is read tolerantly: see Event.from_json.
+    return cls.from_json(record.payload, record.version, ignore_unknown=bool(record.source))
 
 
 def _route_again(delivery: Delivery, using: str) -> None:

@@ -149,3 +149,46 @@ def test_a_batch_is_stored_in_one_transaction() -> None:
         post_save.disconnect(fail_on_second, sender=OutboxEvent)
     assert not OutboxEvent.objects.filter(source="shop").exists()
     assert inbox.receive_many("shop", [first, second]) == [inbox.Outcome.STORED] * 2
+
+
+def test_a_received_event_with_a_field_this_service_does_not_declare_still_runs(
+    register: Any,
+) -> None:
+    """A tolerant reader for other services' events: the sender may add a field before the
+    receiver declares it. A local event with an unknown field is still refused."""
+    seen: list[int] = []
+
+    @register(InvoicePaid, name="test.billing")
+    def billing(event: InvoicePaid) -> None:
+        seen.append(event.invoice)
+
+    inbox.receive("shop", encode(cloudevent(data={"invoice": 7, "currency": "EUR"})))
+    local = OutboxEvent.objects.create(
+        event_type="httptest.Paid",
+        payload={"invoice": 8, "currency": "EUR"},
+        correlation_id=uuid.uuid4(),
+    )
+    drain()
+    assert seen == [7]
+    refused = Delivery.objects.get(event=local, handler="test.billing")
+    assert refused.status == Delivery.Status.DEAD
+    assert "['currency'] not in Paid" in refused.last_error
+
+
+def test_the_console_filters_events_by_source(admin_client: Any, relays: Any) -> None:
+    from django.urls import reverse
+
+    relays(sources={"shop": {"BACKEND": "http", "SECRET": "s"}})
+    received = cloudevent()
+    inbox.receive("shop", encode(received))
+    local = OutboxEvent.objects.create(
+        event_type="httptest.Paid", payload={"invoice": 1}, correlation_id=uuid.uuid4()
+    )
+    url = reverse("admin:eventbus_app_outboxevent_changelist")
+    page = admin_client.get(url).content.decode()
+    assert "local (emitted here)" in page
+    mine = admin_client.get(url, {"source": "-"}).content.decode()
+    theirs = admin_client.get(url, {"source": "shop"}).content.decode()
+    stored = OutboxEvent.objects.get(uuid=received["id"])
+    assert f"/{local.pk}/change/" in mine and f"/{stored.pk}/change/" not in mine
+    assert f"/{stored.pk}/change/" in theirs and f"/{local.pk}/change/" not in theirs
