@@ -137,6 +137,17 @@ def names(backend: str, tag: str) -> dict[str, Any]:
     return options
 
 
+def relay_entry(options: dict[str, Any]) -> dict[str, Any]:
+    """Service A's ``EVENTBUS["RELAYS"]`` entry: the benchmark's events, and for http the
+    batched mode where the backend offers it (``BATCHED``: the receiver is eventbus_app)."""
+    from eventbus_app.relay.backends import load_backend
+
+    entry = {**options, "EVENT_TYPES": ["relaybench.*"], "SOURCE": SOURCE}
+    if "BATCHED" in getattr(load_backend(options["BACKEND"]), "RELAY_OPTIONS", ()):
+        entry["BATCHED"] = True
+    return entry
+
+
 # --- databases and processes --------------------------------------------------------------
 
 
@@ -323,7 +334,9 @@ def drain(backend: str, relay: dict[str, Any], profile: Path | None = None) -> f
             return time.perf_counter() - started_at
         time.sleep(0.2)
     states = {r["status"]: r["n"] for r in rows.values("status").annotate(n=Count("id"))}
-    raise RuntimeError(f"relay:{backend}: not every delivery succeeded ({states}): {proc.stdout}")
+    failed = rows.exclude(status=Delivery.Status.SUCCEEDED).exclude(last_error="").first()
+    error = failed.last_error[:300] if failed else proc.stdout.strip()
+    raise RuntimeError(f"relay:{backend}: not every delivery succeeded ({states}): {error}")
 
 
 # --- the brokers: receiving side, counts, clean-up, hand-written loops ---------------------
@@ -695,7 +708,7 @@ def throughput(backend: str, size: Size, profile: Path | None) -> dict[str, Any]
         brokers = {kind: BROKERS[backend](options[kind]) for kind in kinds}
         for broker in brokers.values():
             stack.callback(_cleanup, broker)
-        relay = {**options["relay"], "EVENT_TYPES": ["relaybench.*"], "SOURCE": SOURCE}
+        relay = relay_entry(options["relay"])
 
         reset("b")  # http: B's inbox holds only this run's messages
         messages = emit_backlog(size.events)
@@ -728,7 +741,7 @@ def throughput(backend: str, size: Size, profile: Path | None) -> dict[str, Any]
             emit_backlog(size.events)
             brokers["profile"].prepare()
             path = profile / f"relay-{backend}.prof"
-            relay = {**options["profile"], "EVENT_TYPES": ["relaybench.*"], "SOURCE": SOURCE}
+            relay = relay_entry(options["profile"])
             drain(backend, relay, profile=path)
             out["profile"] = {"file": str(path), **profile_summary(path, backend)}
     return out
@@ -823,7 +836,7 @@ def latency(backend: str, size: Size) -> dict[str, Any]:
         if backend == "http":
             url = stack.enter_context(receiving_server(nudge=True))
             options.update(URL=url, SECRET=SECRET)
-        relay = {**options, "EVENT_TYPES": ["relaybench.*"], "SOURCE": SOURCE}
+        relay = relay_entry(options)
         a_bus = {**EXTRA, "RETRY_BACKOFF": 0.1, "RELAYS": {backend: relay}}
         workers = [
             (service_env("a", a_bus), manage("qcluster")),
@@ -941,7 +954,7 @@ def table(results: dict[str, Any]) -> str:
     rows = []
     for backend, r in results.items():
         if "skipped" in r or "error" in r:
-            reason = r.get("skipped") or f"error: {r['error']}"
+            reason = r.get("skipped") or f"error: {' '.join(r['error'].split())[:120]}"
             rows.append((backend, reason, "", "", "", "", "", ""))
             continue
         t, lat = r["throughput"], r["latency"]
@@ -1088,6 +1101,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         drop_databases(args.db)
     meta["seconds"] = time.perf_counter() - began
+    meta["load_average_end"] = os.getloadavg()  # others' work on the machine skews figures
     out = table(results)
     print()
     print(out)
