@@ -103,3 +103,8 @@ class WrongExpectedVersion(EventBusError):
 
 class AggregateError(EventBusError):
     """An aggregate cannot fold a stream (an event it has no applier for, say)."""
+
+
+class NotAttempted(Exception):
+    """A batch handler's outcome for a delivery it did not get to run (a relay's message
+    its time limit left unsent): the delivery is given back, uncharged."""

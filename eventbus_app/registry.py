@@ -37,10 +37,10 @@ class HandlerSpec:
     retry_on: tuple[type[BaseException], ...] = ()
     dead_on: tuple[type[BaseException], ...] = ()
     # Runs a claimed batch of this handler's deliveries at once (relays: one publish and
-    # one confirm wait per batch): ``batch(deliveries, using)`` returns one outcome per
-    # delivery, None for success, or raises to fail them all. Internal: user handlers run
-    # one delivery at a time, each in its own transaction.
-    batch: Callable[[Sequence[Any], str], Sequence[Exception | None]] | None = None
+    # one confirm wait per batch): ``batch(deliveries, using, seconds)`` returns one
+    # outcome per delivery, None for success, or raises to fail them all. Internal: user
+    # handlers run one delivery at a time, each in its own transaction.
+    batch: Callable[[Sequence[Any], str, float], Sequence[Exception | None]] | None = None
 
     def accepts(self, event_cls: type[Event]) -> bool:
         if not issubclass(event_cls, self.event_cls):

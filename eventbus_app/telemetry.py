@@ -79,8 +79,15 @@ class Span:
     def failed(self, outcome: str, error: BaseException | None = None) -> None:
         self.outcome = outcome
         if self.span is not None and error is not None:
-            self.span.record_exception(error)
-            self.span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)[:200]))
+            try:
+                text = str(error)
+            except Exception:  # an exception whose __str__ raises is still recorded
+                text = f"<str() of {type(error).__name__} raised>"
+            try:
+                self.span.record_exception(error)
+            except Exception:  # the SDK formats it with str() too
+                self.span.add_event("exception", {"exception.type": type(error).__name__})
+            self.span.set_status(trace.Status(trace.StatusCode.ERROR, text[:200]))
 
 
 @contextmanager

@@ -153,3 +153,29 @@ def test_a_relays_batch_publishes_in_each_events_trace(
     refused = by_type["t.otel.Invoiced"]
     assert refused.attributes["eventbus.outcome"] == "dead"
     assert refused.status.status_code == trace.StatusCode.ERROR
+
+
+def test_an_exception_whose_str_raises_is_still_recorded_on_the_span(
+    otel: Any, register: Any
+) -> None:
+    from eventbus_app.models import Delivery
+
+    exporter, _ = otel
+    exporter.clear()
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no text for you")
+
+    @register(Ordered, name="t.otel.unprintable", max_attempts=1)
+    def unprintable(event: Ordered) -> None:
+        raise Unprintable
+
+    emit(Ordered(n=3))
+    drain()
+    assert Delivery.objects.get(handler="t.otel.unprintable").status == Delivery.Status.DEAD
+    [span] = [
+        s for s in exporter.get_finished_spans() if s.name == "eventbus deliver t.otel.unprintable"
+    ]
+    assert span.status.status_code == trace.StatusCode.ERROR
+    assert "Unprintable" in (span.status.description or "")

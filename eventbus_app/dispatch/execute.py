@@ -24,9 +24,11 @@
 * **Batch handlers** (relays: ``HandlerSpec.batch``) run no user code and no transaction of
   their own: after the batch's other deliveries, each one's claimed deliveries go to it
   together (one publish, one wait for the broker's confirms), then one bookkeeping write
-  records every confirmed one and each refused one fails alone. They carry no start
-  marker: a worker killed mid-publish leaves them to be claimed again, uncharged, and
-  published again (the receiver's inbox drops the copy).
+  records every confirmed one and each refused one fails alone. The group shares one
+  start marker: a worker killed mid-publish charges none of them, and they are claimed
+  again, each alone, and published again (the receiver's inbox drops the copy); one that
+  kills its worker once more is then charged, alone. Deliveries the time limit left unsent
+  (``NotAttempted``) are given back uncharged.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from ..exceptions import (
     HandlerBrokeTransaction,
     HandlerTimeout,
     LeaseLost,
+    NotAttempted,
     UnknownEventType,
     UnknownHandler,
 )
@@ -374,13 +377,22 @@ class _Batch:
         if spec is None or spec.batch is None or seconds is None:
             self.counts.released += release(self.using, self.token, group)
             return
+        # One marker shared by the group: a worker killed mid-batch charges none of them,
+        # and they run alone from then on, so one that kills its worker again is found.
+        self._write(mark=group)
+        lost = [d for d in group if d.pk not in self.marked]
+        for delivery in lost:
+            self._lost(delivery, "before it ran")
+        group = [d for d in group if d.pk in self.marked]
+        if not group:
+            return
         self.ran += 1
         with telemetry.batch_spans(name, group) as spans:
             outcomes: list[Exception | None]
             try:
                 with self.limiter.limit(seconds) as timer:
                     try:
-                        outcomes = list(spec.batch(group, self.using))
+                        outcomes = list(spec.batch(group, self.using, seconds))
                     except Interrupt as exc:
                         raise _timed_out(spec, seconds) from exc
                 if timer.fired:
@@ -394,9 +406,16 @@ class _Batch:
             ok = [d for d, outcome in zip(group, outcomes, strict=True) if outcome is None]
             if ok:
                 self._write_successes(ok)
+            unsent = [
+                d for d, o in zip(group, outcomes, strict=True) if isinstance(o, NotAttempted)
+            ]
+            if unsent:  # the time limit came before they were sent: uncharged
+                self.counts.released += release(self.using, self.token, unsent)
             position = len(self.todo)  # past the end: a failure marks no next delivery
             for delivery, outcome, span in zip(group, outcomes, spans, strict=True):
-                if outcome is not None:
+                if isinstance(outcome, NotAttempted):
+                    span.failed("released")
+                elif outcome is not None:
                     self._failed(delivery, spec, outcome, position, at_commit=False)
                     span.failed(delivery.status, outcome)
 

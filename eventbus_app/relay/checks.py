@@ -51,6 +51,13 @@ def entry_messages(kind: str, name: Any, options: Any) -> list[CheckMessage]:
         module = load_backend(backend)
     except ImproperlyConfigured as exc:
         messages.append(Error(f"{where}: {exc}", id="eventbus_app.E022"))
+    except Exception as exc:  # the module itself raised while it was imported
+        messages.append(
+            Error(
+                f"{where}: importing backend {backend!r} raised {type(exc).__name__}: {exc}",
+                id="eventbus_app.E022",
+            )
+        )
     wanted = "Publisher" if relay else "Consumer"
     needs_class = module is not None and not (backend == "http" and not relay)
     if needs_class and not isinstance(getattr(module, wanted, None), type):
@@ -75,6 +82,14 @@ def entry_messages(kind: str, name: Any, options: Any) -> list[CheckMessage]:
                     id="eventbus_app.E024",
                 )
             )
+        elif not patterns:
+            messages.append(
+                Warning(
+                    f"{where}['EVENT_TYPES'] is empty: the relay publishes nothing.",
+                    hint='Leave it out for every event type, or list patterns ("shop.*").',
+                    id="eventbus_app.W032",
+                )
+            )
         else:
             messages += _unmatched(where, list(patterns))
         attempts = options.get("MAX_ATTEMPTS")
@@ -92,6 +107,22 @@ def entry_messages(kind: str, name: Any, options: Any) -> list[CheckMessage]:
             messages.append(
                 Error(
                     f"{where}[{key!r}] must be a number of seconds > 0, got {options[key]!r}.",
+                    id="eventbus_app.E025",
+                )
+            )
+    if backend == "http" and relay:
+        size = options.get("BATCH_BYTES", 1)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            messages.append(
+                Error(
+                    f"{where}['BATCH_BYTES'] must be an int >= 1 (bytes), got {size!r}.",
+                    id="eventbus_app.E025",
+                )
+            )
+        if not isinstance(options.get("BATCHED", False), bool):
+            messages.append(
+                Error(
+                    f"{where}['BATCHED'] must be True or False, got {options['BATCHED']!r}.",
                     id="eventbus_app.E025",
                 )
             )

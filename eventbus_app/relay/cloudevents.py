@@ -143,8 +143,10 @@ def decode(body: bytes) -> Incoming:
     version = event.get("eventversion", 1)
     if isinstance(version, str) and version.isdigit():
         version = int(version)
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise UnreadableMessage(f"eventversion must be an integer >= 1, got {version!r}")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version < 2**31:
+        raise UnreadableMessage(
+            f"eventversion must be an integer from 1 to 2**31 - 1, got {version!r:.40}"
+        )
     when = None
     if event.get("time") is not None:
         try:

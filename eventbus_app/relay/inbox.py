@@ -55,8 +55,19 @@ def receive_many(source: str, bodies: list[bytes], using: str = "default") -> li
     source's batched mode): all are stored (or dropped as duplicates, or kept as
     unreadable) or, if the database fails, none; the caller acks them after. The
     dispatcher is nudged once, after the commit."""
+    read: list[Incoming | UnreadableMessage] = []
+    for body in bodies:
+        try:
+            read.append(decode(body))
+        except UnreadableMessage as exc:
+            read.append(exc)
+    # Stored stream by stream (a stable sort keeps each stream's order): two consumers
+    # then take PostgreSQL's per-stream locks in one order and cannot deadlock.
+    order = sorted(range(len(bodies)), key=lambda i: getattr(read[i], "subject", ""))
+    outcomes: list[Outcome] = [Outcome.DUPLICATE] * len(bodies)
     with transaction.atomic(using=using):
-        outcomes = [_receive_one(source, body, using) for body in bodies]
+        for i in order:
+            outcomes[i] = _receive_one(source, bodies[i], read[i], using)
     if Outcome.STORED in outcomes and eventbus_settings.NUDGE:
         from ..tasks import nudge
 
@@ -64,18 +75,18 @@ def receive_many(source: str, bodies: list[bytes], using: str = "default") -> li
     return outcomes
 
 
-def _receive_one(source: str, body: bytes, using: str) -> Outcome:
-    try:
-        incoming = decode(body)
-    except UnreadableMessage as exc:
-        return _keep_unreadable(source, body, str(exc), using)
+def _receive_one(
+    source: str, body: bytes, incoming: Incoming | UnreadableMessage, using: str
+) -> Outcome:
+    if isinstance(incoming, UnreadableMessage):
+        return _keep_unreadable(source, body, str(incoming), using)
     try:
         with transaction.atomic(using=using):  # a savepoint: this message's row only
             return _store(source, incoming, using)
-    except DataError as exc:
-        # A value this database refuses (a decoded CloudEvent can still be too much for a
-        # column): kept raw like an unreadable one, never retried for ever.
-        return _keep_unreadable(source, body, f"the database refused it: {exc}", using)
+    except (DataError, ValueError, OverflowError, TypeError) as exc:
+        # A value this database (or its driver) refuses: a decoded CloudEvent can still be
+        # too much for a column. Kept raw like an unreadable one, never retried for ever.
+        return _keep_unreadable(source, body, f"it cannot be stored: {exc}", using)
 
 
 def _store(source: str, incoming: Incoming, using: str) -> Outcome:

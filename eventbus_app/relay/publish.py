@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
@@ -35,6 +36,10 @@ _lock = threading.Lock()
 def publisher_for(name: str) -> Publisher:
     with _lock:
         publisher = _publishers.get(name)
+        if publisher is not None and not publisher.is_open():
+            _publishers.pop(name)  # the broker closed it while idle: connect afresh
+            threading.Thread(target=_close, args=(name, publisher), daemon=True).start()
+            publisher = None
         if publisher is None:
             options = relay_options(name)
             backend = load_backend(options["BACKEND"])
@@ -43,13 +48,21 @@ def publisher_for(name: str) -> Publisher:
 
 
 def forget_publisher(name: str) -> None:
+    """Drop relay ``name``'s publisher; it is closed in a thread of its own, so that a
+    broker that does not answer (or a time limit firing) cannot hold the worker here."""
     with _lock:
         publisher = _publishers.pop(name, None)
     if publisher is not None:
-        try:
-            publisher.close()
-        except BaseException:  # closing a broken connection: nothing left to save
-            logger.debug("closing relay %s's publisher failed", name, exc_info=True)
+        threading.Thread(
+            target=_close, args=(name, publisher), name=f"eventbus-close-{name}", daemon=True
+        ).start()
+
+
+def _close(name: str, publisher: Publisher) -> None:
+    try:
+        publisher.close()
+    except BaseException:  # closing a broken connection: nothing left to save
+        logger.debug("closing relay %s's publisher failed", name, exc_info=True)
 
 
 def message_for(record: OutboxEvent, source: str, causation_uuid: UUID | None = None) -> Message:
@@ -62,10 +75,13 @@ def message_for(record: OutboxEvent, source: str, causation_uuid: UUID | None = 
     )
 
 
-def publish_deliveries(name: str, deliveries: Sequence[Delivery], using: str) -> list[Outcome]:
+def publish_deliveries(
+    name: str, deliveries: Sequence[Delivery], using: str, seconds: float | None = None
+) -> list[Outcome]:
     """Publish the events of ``deliveries`` (in their order) through relay ``name``; one
-    outcome per delivery, None where the broker confirmed it. Raises when the batch failed
-    as a whole (the connection broke, a timeout): the publisher is then made anew."""
+    outcome per delivery, None where the broker confirmed it, the exception otherwise (a
+    broken connection or a broker that does not answer fails them all). ``seconds``: the
+    time the relay may take."""
     options = relay_options(name)
     source = options.get("SOURCE", "/eventbus_app")
     causes = {d.event.causation_id for d in deliveries if d.event.causation_id}
@@ -77,16 +93,65 @@ def publish_deliveries(name: str, deliveries: Sequence[Delivery], using: str) ->
     messages = [
         message_for(d.event, source, uuids.get(d.event.causation_id or 0)) for d in deliveries
     ]
+    deadline = time.monotonic() + seconds if seconds is not None else None
+    return _publish(name, messages, deadline)
+
+
+def _publish(name: str, messages: list[Message], deadline: float | None) -> list[Outcome]:
+    started = time.monotonic()
+    result = _attempt(name, messages, deadline)
+    if isinstance(result, list):
+        return result
+    return _isolate(name, messages, deadline, result, time.monotonic() - started)
+
+
+def _attempt(name: str, messages: list[Message], deadline: float | None) -> Any:
+    """The outcomes of publishing ``messages`` as one batch, or the exception it raised
+    (the publisher is then made anew)."""
     try:
-        return publisher_for(name).publish_many(messages)
-    except BaseException:
-        forget_publisher(name)  # also after a timeout interrupted it mid-frame
+        publisher = publisher_for(name)
+        publisher.deadline = deadline
+        return publisher.publish_many(messages)
+    except Exception as exc:
+        forget_publisher(name)
+        return exc
+    except BaseException:  # a time limit interrupted it mid-frame
+        forget_publisher(name)
         raise
 
 
-def relay_batch(name: str) -> Callable[[Sequence[Delivery], str], list[Outcome]]:
-    def relay(deliveries: Sequence[Delivery], using: str) -> list[Outcome]:
-        return publish_deliveries(name, deliveries, using)
+def _isolate(
+    name: str, messages: list[Message], deadline: float | None, error: Exception, took: float
+) -> list[Outcome]:
+    """``messages`` failed together with ``error`` (in ``took`` seconds): try their halves
+    on their own, while the time left allows two more such attempts, so that one message
+    that breaks a batch (too big for the broker, say) fails alone and its neighbours are
+    published. Both halves failing means the broker or the connection is at fault: every
+    message gets the error."""
+    no_time = deadline is not None and time.monotonic() + 2 * took + 0.5 > deadline
+    if len(messages) == 1 or no_time:
+        return [error] * len(messages)
+    half = len(messages) // 2
+    halves = (messages[:half], messages[half:])
+    results = []
+    for part in halves:
+        started = time.monotonic()
+        results.append((_attempt(name, part, deadline), time.monotonic() - started))
+    if all(isinstance(r, Exception) for r, _ in results):
+        return [error] * len(messages)
+    outcomes: list[Outcome] = []
+    for part, (result, spent) in zip(halves, results, strict=True):
+        if isinstance(result, list):
+            outcomes += result
+        else:
+            outcomes += _isolate(name, part, deadline, result, spent)
+    return outcomes
+
+
+def relay_batch(name: str) -> Callable[[Sequence[Delivery], str, float], list[Outcome]]:
+    def relay(deliveries: Sequence[Delivery], using: str, seconds: float) -> list[Outcome]:
+        # Stop a second short of the time limit, so that what was confirmed is recorded.
+        return publish_deliveries(name, deliveries, using, max(seconds - 1.0, 0.1))
 
     relay.__qualname__ = relay.__name__ = f"relay_{name}_batch"
     return relay

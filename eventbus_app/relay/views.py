@@ -83,4 +83,6 @@ def _batch(source: str, body: bytes, using: str) -> HttpResponse:
 
 
 def encode_element(event: Any) -> bytes:
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
+    # ASCII: a lone surrogate stays an escape (decode() then refuses it, as for a single
+    # event), where UTF-8 could not encode it at all.
+    return json.dumps(event, separators=(",", ":")).encode()

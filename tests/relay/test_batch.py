@@ -316,3 +316,77 @@ def test_fan_out_puts_the_start_marker_on_a_handler_not_on_the_relay(
     _, _, leased = fan_out_leased("default")
     marked = {d.handler: d.in_flight for d in leased}
     assert marked == {"relay:out": 0, "test.local": 1}
+
+
+def test_a_message_that_breaks_its_batch_fails_alone(relays: Any, tmp_path: Any) -> None:
+    """One message makes the whole batch fail (a broker refusing a too-big frame closes the
+    connection, say): the halves go on their own until it is alone, so its neighbours are
+    published, charged once, and only it fails."""
+    log = tmp_path / "broker.jsonl"
+    relays(relays={"out": file_relay(log, BREAK_TYPES=["relaytest.Refused"])})
+    good = [emit(Shipped(order=n, note=""), stream=f"s{n}") for n in range(12)]
+    poison = emit(Refused(order=99), stream="s-poison")
+    good += [emit(Shipped(order=n, note=""), stream=f"t{n}") for n in range(12)]
+    drain()
+    relayed = {d.event_id: d for d in Delivery.objects.filter(handler="relay:out")}
+    assert {(relayed[e.pk].status, relayed[e.pk].attempts) for e in good} == {(Status.SUCCEEDED, 1)}
+    assert relayed[poison.pk].status == Status.DEAD
+    assert "broke on a batch of 1" in relayed[poison.pk].last_error
+    published = [i for call in batches(log) for i in call["ids"]]
+    assert sorted(published) == sorted(str(e.uuid) for e in good)  # each once
+
+
+def test_a_broker_that_is_down_costs_the_batch_one_attempt_not_a_search(
+    relays: Any, tmp_path: Any
+) -> None:
+    """Both halves failing means the broker is at fault: no further splitting."""
+    log = tmp_path / "broker.jsonl"
+    relays(relays={"out": file_relay(log, DOWN=True, MAX_ATTEMPTS=1)})
+    from eventbus_app.relay import publish
+
+    calls: list[int] = []
+    original = publish._attempt
+
+    def counted(name: str, messages: Any, deadline: Any) -> Any:
+        calls.append(len(messages))
+        return original(name, messages, deadline)
+
+    publish._attempt = counted  # type: ignore[assignment]
+    try:
+        for n in range(40):
+            emit(Shipped(order=n, note=""), stream=f"s{n}")
+        drain()
+    finally:
+        publish._attempt = original  # type: ignore[assignment]
+    assert calls == [40, 20, 20]
+    relayed = Delivery.objects.filter(handler="relay:out")
+    assert set(relayed.values_list("status", flat=True)) == {Status.DEAD}
+
+
+@pytest.mark.django_db(databases=["default", "other"])
+def test_nats_refuses_a_message_over_max_payload_alone(relays: Any) -> None:
+    """A real NATS server's max_payload (1 MiB by default): the big message fails on its
+    own; the rest of its batch is acknowledged."""
+    need_broker("nats")
+    options = unique_options("nats")
+    relays(relays={"out": {**options, "EVENT_TYPES": ["relaytest.*"], "MAX_ATTEMPTS": 1}})
+    from eventbus_app.relay.publish import publisher_for
+
+    limit = publisher_for("out").nc.max_payload  # type: ignore[attr-defined]
+    small = [emit(Shipped(order=n, note="")) for n in range(3)]
+    big = emit(Shipped(order=9, note="x" * 10))
+    # The stored payload is made bigger than the server takes (emit() caps payloads lower).
+    OutboxEventModel = big.__class__
+    OutboxEventModel.objects.filter(pk=big.pk).update(
+        payload={"order": 9, "note": "x" * (limit + 10)}
+    )
+    drain()
+    relayed = {d.event_id: d for d in Delivery.objects.filter(handler="relay:out")}
+    assert {relayed[e.pk].status for e in small} == {Status.SUCCEEDED}
+    assert relayed[big.pk].status == Status.DEAD
+    assert "max_payload" in relayed[big.pk].last_error
+    publisher = publisher_for("out")
+    publisher.loop.run(  # type: ignore[attr-defined]
+        publisher.js.delete_stream(options["STREAM"]),
+        5,  # type: ignore[attr-defined]
+    )

@@ -51,6 +51,10 @@ def _check_ids(messages: list[CheckMessage]) -> list[str]:
         ({"BACKEND": "http", "URL": "http://x/", "MAX_ATTEMPTS": 0}, "E025", "int >= 1"),
         ({"BACKEND": "http", "URL": "http://x/", "TIMEOUT": "10"}, "E025", "number of seconds"),
         ({"BACKEND": "http"}, "E026", "has no URL"),
+        ({"BACKEND": ""}, "E022", "cannot be imported"),
+        ({"BACKEND": ".x"}, "E022", "cannot be imported"),
+        ({"BACKEND": "http", "URL": "http://x/", "BATCH_BYTES": "1k"}, "E025", "BATCH_BYTES"),
+        ({"BACKEND": "http", "URL": "http://x/", "BATCHED": "yes"}, "E025", "True or False"),
     ],
 )
 def test_bad_relays_are_system_check_errors_and_not_installed(
@@ -83,6 +87,7 @@ def test_manage_py_check_fails_on_a_bad_relay(relays: Any) -> None:
             "W032",
             "'shp.*' matches no event type",
         ),
+        ("RELAYS", {"BACKEND": "redis", "EVENT_TYPES": []}, "W032", "publishes nothing"),
         ("SOURCES", {"BACKEND": "http"}, "E027", "no SECRET"),
         ("SOURCES", {"BACKEND": "http", "SECRET": "s", "DATABASE": "nope"}, "E028", "'nope'"),
         ("SOURCES", {"BACKEND": "redis", "GROPU": "g"}, "W031", "'GROPU'"),

@@ -252,8 +252,9 @@ def test_the_http_relay_sends_a_claim_as_one_signed_batch(
     from django.core.signals import request_finished
 
     settings.ROOT_URLCONF = "tests.relay.urls"
+    relay = {"BACKEND": "http", "URL": f"{live_server.url}{URL}", "SECRET": SECRET}
     relays(
-        relays={"billing": {"BACKEND": "http", "URL": f"{live_server.url}{URL}", "SECRET": SECRET}},
+        relays={"billing": {**relay, "BATCHED": True}},
         sources={"shop": {"BACKEND": "http", "SECRET": SECRET, "DATABASE": "other"}},
     )
     requests: list[int] = []
@@ -283,3 +284,120 @@ def test_a_batch_is_split_into_requests_that_fit() -> None:
     assert [m for c in chunks for m in c] == messages
     # One event bigger than the limit still goes (alone): the receiver's limit decides.
     assert [len(c) for c in _chunks([Message("a", "t", "", b"x" * 999)], 350)] == [1]
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "other"])
+def test_without_batched_the_http_relay_posts_each_event(
+    relays: Any, settings: Any, live_server: Any
+) -> None:
+    from django.core.signals import request_finished
+
+    settings.ROOT_URLCONF = "tests.relay.urls"
+    relays(
+        relays={"billing": {"BACKEND": "http", "URL": f"{live_server.url}{URL}", "SECRET": SECRET}},
+        sources={"shop": {"BACKEND": "http", "SECRET": SECRET, "DATABASE": "other"}},
+    )
+    requests: list[int] = []
+
+    def count(**kwargs: Any) -> None:
+        requests.append(1)
+
+    request_finished.connect(count)
+    try:
+        sent = [emit(Paid(invoice=n), stream=f"invoice-{n}") for n in range(5)]
+        drain()
+    finally:
+        request_finished.disconnect(count)
+    received = OutboxEvent.objects.using("other").filter(source="shop")
+    assert sorted(r.uuid for r in received) == sorted(s.uuid for s in sent)
+    assert len(requests) == 5
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "other"])
+def test_a_batch_too_big_for_the_receiver_goes_again_event_by_event(
+    relays: Any, settings: Any, live_server: Any
+) -> None:
+    settings.ROOT_URLCONF = "tests.relay.urls"
+    relays(
+        relays={
+            "billing": {
+                "BACKEND": "http",
+                "URL": f"{live_server.url}{URL}",
+                "SECRET": SECRET,
+                "BATCHED": True,
+            }
+        },
+        # A single event fits, ten together do not: the view answers the batch 413.
+        sources={
+            "shop": {
+                "BACKEND": "http",
+                "SECRET": SECRET,
+                "DATABASE": "other",
+                "MAX_BODY_BYTES": 1500,
+            }
+        },
+    )
+    sent = [emit(Paid(invoice=n), stream=f"invoice-{n}") for n in range(10)]
+    counts = drain()
+    assert counts["dead"] == 0 and counts["failed"] == 0, counts
+    received = OutboxEvent.objects.using("other").filter(source="shop")
+    assert sorted(r.uuid for r in received) == sorted(s.uuid for s in sent)
+
+
+@pytest.mark.django_db
+def test_batched_mode_to_a_receiver_without_it_confirms_nothing(relays: Any) -> None:
+    """A CloudEvents endpoint that answers 2xx without an outcome per event (it does not
+    take batched mode): the relay's deliveries fail; none counts as published."""
+    import http.server
+    import threading
+
+    bodies: list[bytes] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(202)
+            self.end_headers()
+            self.wfile.write(b'{"outcome": "dead"}')
+
+        def log_message(self, *args: Any) -> None: ...
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        relays(
+            relays={
+                "billing": {
+                    "BACKEND": "http",
+                    "URL": url,
+                    "SECRET": SECRET,
+                    "BATCHED": True,
+                    "MAX_ATTEMPTS": 1,
+                }
+            }
+        )
+        for n in range(3):
+            emit(Paid(invoice=n), stream=f"invoice-{n}")
+        drain()
+    finally:
+        server.shutdown()
+        server.server_close()
+    relayed = Delivery.objects.filter(handler="relay:billing")
+    assert set(relayed.values_list("status", flat=True)) == {Delivery.Status.DEAD}
+    assert all("does not take batched mode" in d.last_error for d in relayed)
+    assert len(bodies) == 1 and bodies[0].startswith(b"[")
+
+
+@pytest.mark.django_db
+def test_a_lone_surrogate_in_a_batch_is_kept_as_a_dead_letter_not_a_500(
+    source: None, client: Client
+) -> None:
+    import json
+
+    good = cloudevent(subject="")
+    bad = cloudevent(subject="", data={"invoice": "\ud800"})
+    body = json.dumps([good, bad]).encode()  # ASCII: the surrogate is an escape
+    response = post_batch(client, body, sign(SECRET, body))
+    assert response.status_code == 202, response.content
+    assert response.json()["outcomes"] == ["stored", "dead"]

@@ -108,6 +108,8 @@ def test_traceparent_goes_out_and_comes_back_in() -> None:
         ("escaped NUL in subject", encode(cloudevent(subject="s\x00")), "subject"),
         # (escaped as JSON does by default: \ud800 in ASCII)
         ("lone surrogate", json.dumps(cloudevent(data={"n": "\ud800"})).encode(), "data.n"),
+        # A version no integer column holds (SQLite raised OverflowError on it).
+        ("huge eventversion", encode(cloudevent(eventversion=2**70)), "eventversion"),
         # Raw bytes: no JSON at all, and a NUL that must be kept escaped, not dropped.
         ("raw NUL byte", b'{"a": "\x00"}', "not JSON"),
     ],

@@ -15,7 +15,7 @@ def load_backend(backend: str) -> ModuleType:
     path = f"{__name__}.{backend}" if backend in BUILT_IN else backend
     try:
         return import_module(path)
-    except ImportError as exc:
+    except (ImportError, ValueError, TypeError) as exc:  # also "" and ".x"
         extra = f" (pip install 'eventbus_app[{backend}]')" if backend in BUILT_IN else ""
         raise ImproperlyConfigured(
             f"EVENTBUS backend {backend!r} cannot be imported: {exc}{extra}. BACKEND is one of "

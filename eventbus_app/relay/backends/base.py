@@ -31,10 +31,23 @@ dead letters, order per stream and the console come from the relay being a handl
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from ...exceptions import NotAttempted
+
+__all__ = [
+    "Consumer",
+    "Message",
+    "NotAttempted",
+    "Outcome",
+    "PublishError",
+    "Publisher",
+    "Received",
+]
 
 
 class PublishError(Exception):
@@ -96,12 +109,27 @@ class Publisher:
         self.name = name
         self.options = options
         self.timeout = float(options.get("TIMEOUT", 10.0))
+        self.deadline: float | None = None  # set by the relay for each batch
+
+    def is_open(self) -> bool:
+        """False once the connection is known to be gone (the broker closed it while the
+        relay was idle): a new publisher is made before the next batch, which is then not
+        failed for a connection that no longer existed."""
+        return True
 
     def publish_many(self, messages: Sequence[Message]) -> list[Outcome]:
         """Send ``messages`` in order; one outcome per message, None where confirmed.
-        Raise when the batch as a whole failed (nothing in it counts as confirmed)."""
+        Raise when the batch as a whole failed (nothing in it counts as confirmed).
+
+        ``self.deadline`` (a ``time.monotonic()``, or None) is when the relay's time limit
+        ends: a backend that sends in several steps stops before it and answers
+        ``NotAttempted`` for what it did not send."""
         outcomes: list[Outcome] = []
         for message in messages:
+            late = self.deadline is not None and time.monotonic() + self.timeout > self.deadline
+            if outcomes and late:  # the first is always sent: something must progress
+                outcomes.append(NotAttempted("the relay's time limit came first"))
+                continue
             try:
                 self.publish(message)
             except PublishError as exc:  # this message only; the connection is fine

@@ -91,37 +91,57 @@ class Publisher(BasePublisher):
         return self.loop.run(self._publish_many(messages), self.timeout + 1)
 
     async def _publish_many(self, messages: Sequence[Message]) -> list[Outcome]:
-        acks = [
-            await self.js.publish_async(
-                f"{self.prefix}.{m.type}",
-                m.body,
-                wait_stall=self.timeout,
-                headers={"Nats-Msg-Id": m.id, **m.headers},
+        # A message over the server's max_payload would make publish_async raise for the
+        # whole batch: it is refused on its own, unsent.
+        limit = int(self.nc.max_payload)
+        outcomes: list[Outcome] = [
+            PublishError(
+                f"message {m.id} is {len(m.body):,} bytes, over the NATS server's "
+                f"max_payload ({limit:,})"
             )
+            if len(m.body) > limit
+            else None
             for m in messages
         ]
+        sent = [i for i, o in enumerate(outcomes) if o is None]
+        acks = []
         try:
+            for i in sent:
+                m = messages[i]
+                acks.append(
+                    await self.js.publish_async(
+                        f"{self.prefix}.{m.type}",
+                        m.body,
+                        wait_stall=self.timeout,
+                        headers={"Nats-Msg-Id": m.id, **m.headers},
+                    )
+                )
             async with asyncio.timeout(self.timeout):
                 results = await asyncio.gather(*acks, return_exceptions=True)
         except TimeoutError:
+            confirmed = sum(a.done() and not a.cancelled() and a.exception() is None for a in acks)
             raise PublishError(
-                f"JetStream acknowledged {sum(a.done() for a in acks)} of {len(acks)} "
-                f"messages within {self.timeout:g} s"
+                f"JetStream acknowledged {confirmed} of {len(sent)} messages within "
+                f"{self.timeout:g} s"
             ) from None
         finally:
             for ack in acks:
                 ack.cancel()  # frees its place among the pending publishes (a no-op if done)
-        return [
-            PublishError(f"JetStream refused message {m.id}: {r}")
-            if isinstance(r, BaseException)
-            else None
-            for m, r in zip(messages, results, strict=True)
-        ]
+        for i, result in zip(sent, results, strict=True):
+            if isinstance(result, BaseException):
+                outcomes[i] = PublishError(f"JetStream refused message {messages[i].id}: {result}")
+        return outcomes
+
+    def is_open(self) -> bool:
+        return not (self.nc.is_closed or self.nc.is_connecting)
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):  # already broken: the loop goes anyway
+        try:
             self.loop.run(self.nc.close(), 5)
-        self.loop.stop()
+        except BaseException:  # already broken (or interrupted): the loop goes anyway
+            pass
+        finally:
+            self.loop.stop()
 
 
 class Consumer(BaseConsumer):

@@ -11,7 +11,6 @@ declared durable, type topic); sources also ``QUEUE`` (``"eventbus.<name>"``) an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -171,27 +170,46 @@ class Publisher(BasePublisher):
             async with asyncio.timeout(self.timeout):
                 results = await asyncio.gather(*confirms, return_exceptions=True)
         except TimeoutError:
-            done = sum(f.done() for f in confirms)
             raise PublishError(
-                f"RabbitMQ confirmed {done} of {len(confirms)} messages within {self.timeout:g} s"
+                f"RabbitMQ confirmed {_confirmed(confirms)} of {len(confirms)} messages "
+                f"within {self.timeout:g} s"
             ) from None
         if self.broken:  # the connection went while we waited: the whole batch fails
             raise PublishError(f"RabbitMQ {self.broken}")
-        return [r if isinstance(r, Exception) else None for r in results]
+        return [_outcome(r) for r in results]
+
+    def is_open(self) -> bool:
+        return not self.broken
 
     def close(self) -> None:
         connection = self.connection
-        if connection is not None and not (connection.is_closed or connection.is_closing):
+        try:
+            if connection is not None and not (connection.is_closed or connection.is_closing):
 
-            async def close() -> None:
-                connection.close()
+                async def close() -> None:
+                    connection.close()
 
-            with contextlib.suppress(Exception):  # already broken: the loop goes anyway
                 self.loop.run(close(), 5)
                 deadline = time.monotonic() + 5
                 while not connection.is_closed and time.monotonic() < deadline:
                     time.sleep(0.01)
-        self.loop.stop()
+        except BaseException:  # already broken (or interrupted): the loop goes anyway
+            pass
+        finally:
+            self.loop.stop()
+
+
+def _outcome(result: object) -> Outcome:
+    """A confirm future's result: None (acked), else why not (a cancelled one included)."""
+    if result is None:
+        return None
+    if isinstance(result, Exception):
+        return result
+    return PublishError(f"RabbitMQ gave no confirm ({result!r})")
+
+
+def _confirmed(confirms: list[asyncio.Future[None]]) -> int:
+    return sum(f.done() and not f.cancelled() and f.exception() is None for f in confirms)
 
 
 def _settle(future: asyncio.Future[Any], error: BaseException | None, value: Any = None) -> None:
