@@ -71,6 +71,7 @@ def relay() -> dict[str, Any]:
             "BACKEND": "http",
             "URL": f"{billing_url()}eventbus/shop/",
             "SECRET": secret(),
+            "BATCHED": True,  # billing is eventbus_app too: a batch per request
             **options,
         }
     return {
