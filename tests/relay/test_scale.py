@@ -60,14 +60,13 @@ N: int = int(os.environ.get("EVENTBUS_SCALE_EVENTS", "1000"))
 STREAMS = 20
 WORKERS = 2  # eventbus_drain processes per service
 OUTAGE = 2.0  # seconds a restarted broker stays down
-# The shop emits its N events over this long (100 a second at full size): the relay's
-# faults are injected while it emits, so the relay is publishing when they land.
-EMIT_SECONDS = max(50.0, N / 100)
+# The shop emits its N events over this long (100 a second at full size), longer while a
+# due fault holds it back: the faults are injected while events flow.
+EMIT_SECONDS = max(30.0, N / 100)
 RELAY = "relay:billing"
 LOCAL = "testapp.balances"  # billing's local handler (ordered, writes Balance rows)
 
-# Faults: the relay's when this share of the events is emitted by the shop (early: under
-# load RabbitMQ's stop_app takes 5-15 s, and a kill may need a few tries), the consumer's
+# Faults: the relay's when this share of the events is emitted by the shop, the consumer's
 # when this share is stored by billing.
 RELAY_FAULTS: list[tuple[float, str]] = [
     (0.05, "relay worker SIGKILL"),
@@ -434,8 +433,9 @@ def test_two_services_through_a_broker_with_faults(
     consumer = processes.start(billing_env, "billing-consume-1", *consume)
 
     began = time.monotonic()
+    hold = tmp_path / "hold"  # while it exists the shop emits only a trickle
     app = processes.start(
-        shop_env, "shop-app", str(N), str(STREAMS), str(EMIT_SECONDS),
+        shop_env, "shop-app", str(N), str(STREAMS), str(EMIT_SECONDS), str(hold),
         module="tests.relay.scale_emitter",
     )  # fmt: skip
     scheduled = RELAY_FAULTS + CONSUMER_FAULTS
@@ -470,8 +470,15 @@ def test_two_services_through_a_broker_with_faults(
             )
             shop.top_up()
             billing.top_up()
-            # The relay's faults while it publishes (stopping RabbitMQ's app under load takes
-            # 5-7 s: the shop may have emitted everything by then, not the relay published).
+            # A fault that is due holds the shop's emitting back to a trickle until it is
+            # injected: under load (RabbitMQ's stop_app takes 5-15 s, a kill may need a
+            # few tries) the faults still land while events flow.
+            if (relay_faults and emitted() >= relay_faults[0][0] * N) or (
+                consumer_faults and got >= consumer_faults[0][0] * N
+            ):
+                hold.touch()
+            else:
+                hold.unlink(missing_ok=True)
             if relay_faults and emitted() >= relay_faults[0][0] * N and published() < N:
                 fault = relay_faults[0][1]
                 if fault == "relay worker SIGKILL":
@@ -497,7 +504,8 @@ def test_two_services_through_a_broker_with_faults(
                 consumer = processes.start(billing_env, name, *consume)
             time.sleep(0.2)
         all_received = timezone.now()
-        assert app.wait(30) == 0, processes.tails()
+        hold.unlink(missing_ok=True)
+        assert app.wait(60) == 0, processes.tails()
         # A re-published duplicate reaches billing after its original: wait for the relay
         # to finish and billing's queue to empty, then for billing's local handler.
         wait("relay deliveries", lambda: published() == N, 120 + N * 0.03)
@@ -555,7 +563,9 @@ def test_two_services_through_a_broker_with_faults(
             billing.started,
             consumers,
         ],
-        "emitted over (s)": EMIT_SECONDS,
+        "emitted over (s)": round(
+            (max(s.created_at for s in sent) - min(s.created_at for s in sent)).total_seconds()
+        ),
         "all received, after the last emit (s)": round(
             (all_received - max(s.created_at for s in sent)).total_seconds(), 1
         ),
