@@ -148,6 +148,13 @@ class OutboxEvent(models.Model):
                 name="eventbus_undispatched_idx",
                 condition=models.Q(dispatched_at__isnull=True),
             ),
+            # Ordered claims: a stream's events whose fan-out has not committed hold the
+            # stream's later deliveries (claim._heads_only). Partial, so it stays tiny.
+            models.Index(
+                fields=["stream", "position"],
+                name="eventbus_stream_unrouted_idx",
+                condition=models.Q(dispatched_at__isnull=True) & ~models.Q(stream=""),
+            ),
             # The console's source filter: received events by source, newest first.
             models.Index(
                 fields=["source", "-id"],

@@ -415,3 +415,48 @@ def test_an_aggregate_class_is_found_by_its_stream_and_its_history_has_each_stat
         (1, "0"),
         (2, "4"),
     ]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_an_ordered_handler_waits_for_an_earlier_event_whose_fan_out_is_in_flight(
+    register: Any,
+) -> None:
+    """Another worker's fan-out holds the stream's first event (its row locked, not yet
+    committed); SKIP LOCKED passes it by and fans the second out here. The second must
+    still wait for the first: it runs only after the first is dispatched and has run."""
+    import threading
+
+    from django.db import connections
+
+    from tests.testapp.events import Credited
+
+    ran: list[int] = []
+
+    @register(Credited, name="test.ordered_race", ordered=True)
+    def ordered(event: Credited) -> None:
+        ran.append(event.amount)
+
+    first = emit(Credited(amount=1), stream="race")
+    emit(Credited(amount=2), stream="race")
+    locked, release = threading.Event(), threading.Event()
+
+    def other_worker() -> None:  # a fan-out of the first event, in progress elsewhere
+        with transaction.atomic():
+            list(OutboxEvent.objects.select_for_update().filter(pk=first.pk))
+            locked.set()
+            release.wait(30)
+        connections.close_all()
+
+    worker = threading.Thread(target=other_worker)
+    worker.start()
+    try:
+        assert locked.wait(10)
+        drain()  # fans out the second event only; its ordered delivery must wait
+        assert ran == []
+        assert Delivery.objects.get(handler="test.ordered_race").status == "pending"
+    finally:
+        release.set()
+        worker.join()
+    drain()
+    assert ran == [1, 2]

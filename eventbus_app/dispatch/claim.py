@@ -29,7 +29,7 @@ from django.db.models.functions import Now
 
 from ..conf import eventbus_settings
 from ..exceptions import AttemptUnfinished
-from ..models import Delivery, DeliveryAttempt, HandlerState, HandlerThrottle
+from ..models import Delivery, DeliveryAttempt, HandlerState, HandlerThrottle, OutboxEvent
 from ..registry import all_handlers, get_handler
 from .fleet import fleet
 from .retry import Failure
@@ -122,7 +122,8 @@ def claim(
 
 def _heads_only(rows: QuerySet[Delivery], using: str) -> QuerySet[Delivery]:
     """Of ordered handlers' stream deliveries, only each stream's first unsettled one: the
-    later ones wait while an earlier one is pending, running, failed or dead."""
+    later ones wait while an earlier one is pending, running, failed or dead, or while an
+    earlier event of the stream is not fanned out yet."""
     ordered = [spec.name for spec in all_handlers().values() if spec.ordered]
     if not ordered:
         return rows
@@ -139,7 +140,22 @@ def _heads_only(rows: QuerySet[Delivery], using: str) -> QuerySet[Delivery]:
         .exclude(stream="")
         .exclude(status__in=Delivery.SETTLED)
     )
-    return rows.exclude(Q(handler__in=ordered) & ~Q(stream="") & Exists(earlier))
+    # An earlier event of the stream whose fan-out has not committed yet (another worker's
+    # fan-out holds it, SKIP LOCKED passed it by) has no delivery to wait for: it holds the
+    # later ones too, until it is dispatched. On the partial index of undispatched stream
+    # events, so the probe reads only those.
+    unrouted = (
+        OutboxEvent.objects.using(using)
+        .filter(
+            stream=OuterRef("stream"),
+            position__lt=OuterRef("position"),
+            dispatched_at__isnull=True,
+        )
+        .exclude(stream="")
+    )
+    return rows.exclude(
+        Q(handler__in=ordered) & ~Q(stream="") & (Exists(earlier) | Exists(unrouted))
+    )
 
 
 def claim_throttled(using: str = "default") -> tuple[list[tuple[uuid.UUID, list[Delivery]]], float]:
