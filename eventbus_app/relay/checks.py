@@ -110,6 +110,24 @@ def entry_messages(kind: str, name: Any, options: Any) -> list[CheckMessage]:
                     id="eventbus_app.E025",
                 )
             )
+    if (
+        relay
+        and _number(options.get("TIMEOUT", 10.0))
+        and _number(options.get("HANDLER_TIMEOUT", eventbus_settings.HANDLER_TIMEOUT))
+    ):
+        call = float(options.get("TIMEOUT", 10.0))
+        limit = float(options.get("HANDLER_TIMEOUT", eventbus_settings.HANDLER_TIMEOUT))
+        if call + 1 >= limit:
+            messages.append(
+                Warning(
+                    f"{where}: a broker call may take TIMEOUT ({call:g} s), which leaves no "
+                    f"room in the relay's time limit ({limit:g} s, HANDLER_TIMEOUT): a backend "
+                    "that sends message by message (http) then sends one per batch, and a "
+                    "batch that fails as a whole cannot be split to find the message at fault.",
+                    hint="Keep TIMEOUT well under HANDLER_TIMEOUT (defaults: 10 and 30).",
+                    id="eventbus_app.W033",
+                )
+            )
     if backend == "http" and relay:
         size = options.get("BATCH_BYTES", 1)
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:

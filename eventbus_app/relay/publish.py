@@ -17,6 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from ..context import current_delivery
+from ..dispatch.retry import describe
 from ..events import Event
 from ..exceptions import EventBusError
 from ..models import Delivery, OutboxEvent
@@ -98,11 +99,8 @@ def publish_deliveries(
 
 
 def _publish(name: str, messages: list[Message], deadline: float | None) -> list[Outcome]:
-    started = time.monotonic()
     result = _attempt(name, messages, deadline)
-    if isinstance(result, list):
-        return result
-    return _isolate(name, messages, deadline, result, time.monotonic() - started)
+    return result if isinstance(result, list) else _isolate(name, messages, deadline, result)
 
 
 def _attempt(name: str, messages: list[Message], deadline: float | None) -> Any:
@@ -121,30 +119,29 @@ def _attempt(name: str, messages: list[Message], deadline: float | None) -> Any:
 
 
 def _isolate(
-    name: str, messages: list[Message], deadline: float | None, error: Exception, took: float
+    name: str, messages: list[Message], deadline: float | None, error: Exception
 ) -> list[Outcome]:
-    """``messages`` failed together with ``error`` (in ``took`` seconds): try their halves
-    on their own, while the time left allows two more such attempts, so that one message
-    that breaks a batch (too big for the broker, say) fails alone and its neighbours are
-    published. Both halves failing means the broker or the connection is at fault: every
-    message gets the error."""
-    no_time = deadline is not None and time.monotonic() + 2 * took + 0.5 > deadline
-    if len(messages) == 1 or no_time:
-        return [error] * len(messages)
+    """``messages`` failed together with ``error``: try their halves on their own, as long
+    as the time left allows another attempt (one may take the relay's ``TIMEOUT``), so that
+    a message that breaks its batch (too big for the broker, say) fails alone and its
+    neighbours are published. Both halves failing with the very error of the whole means
+    the broker or the connection is at fault: every message gets it, no further search."""
+    if len(messages) == 1:
+        return [error]
+    timeout = float(relay_options(name).get("TIMEOUT", 10.0))
     half = len(messages) // 2
     halves = (messages[:half], messages[half:])
-    results = []
+    results: list[Any] = []
     for part in halves:
-        started = time.monotonic()
-        results.append((_attempt(name, part, deadline), time.monotonic() - started))
-    if all(isinstance(r, Exception) for r, _ in results):
+        if deadline is not None and time.monotonic() + timeout + 1 > deadline:
+            results.append(error)  # no time for another attempt: charged with the error
+        else:
+            results.append(_attempt(name, part, deadline))
+    if all(isinstance(r, Exception) and describe(r) == describe(error) for r in results):
         return [error] * len(messages)
     outcomes: list[Outcome] = []
-    for part, (result, spent) in zip(halves, results, strict=True):
-        if isinstance(result, list):
-            outcomes += result
-        else:
-            outcomes += _isolate(name, part, deadline, result, spent)
+    for part, result in zip(halves, results, strict=True):
+        outcomes += result if isinstance(result, list) else _isolate(name, part, deadline, result)
     return outcomes
 
 

@@ -40,6 +40,7 @@ def file_relay(path: Any, **options: Any) -> dict[str, Any]:
         "PATH": str(path),
         "EVENT_TYPES": ["relaytest.*"],
         "MAX_ATTEMPTS": 2,
+        "TIMEOUT": 1,  # a broker call's limit: leaves room for halving in the tests' 10 s
         **options,
     }
 
@@ -390,3 +391,19 @@ def test_nats_refuses_a_message_over_max_payload_alone(relays: Any) -> None:
         publisher.js.delete_stream(options["STREAM"]),
         5,  # type: ignore[attr-defined]
     )
+
+
+def test_two_messages_that_break_their_batch_each_fail_alone(relays: Any, tmp_path: Any) -> None:
+    """One in each half: both halves fail, but not with the whole's error (a broker that is
+    down would give the same one), so the search goes on and finds both."""
+    log = tmp_path / "broker.jsonl"
+    relays(relays={"out": file_relay(log, BREAK_TYPES=["relaytest.Refused"])})
+    good = [emit(Shipped(order=n, note=""), stream=f"s{n}") for n in range(6)]
+    first = emit(Refused(order=1), stream="p1")
+    good += [emit(Shipped(order=n, note=""), stream=f"t{n}") for n in range(12)]
+    second = emit(Refused(order=2), stream="p2")
+    good += [emit(Shipped(order=n, note=""), stream=f"u{n}") for n in range(6)]
+    drain()
+    relayed = {d.event_id: d for d in Delivery.objects.filter(handler="relay:out")}
+    assert {(relayed[e.pk].status, relayed[e.pk].attempts) for e in good} == {(Status.SUCCEEDED, 1)}
+    assert {relayed[first.pk].status, relayed[second.pk].status} == {Status.DEAD}

@@ -88,6 +88,7 @@ def test_manage_py_check_fails_on_a_bad_relay(relays: Any) -> None:
             "'shp.*' matches no event type",
         ),
         ("RELAYS", {"BACKEND": "redis", "EVENT_TYPES": []}, "W032", "publishes nothing"),
+        ("RELAYS", {"BACKEND": "redis", "TIMEOUT": 10, "HANDLER_TIMEOUT": 10}, "W033", "no room"),
         ("SOURCES", {"BACKEND": "http"}, "E027", "no SECRET"),
         ("SOURCES", {"BACKEND": "http", "SECRET": "s", "DATABASE": "nope"}, "E028", "'nope'"),
         ("SOURCES", {"BACKEND": "redis", "GROPU": "g"}, "W031", "'GROPU'"),
@@ -112,7 +113,12 @@ def test_good_relays_and_sources_pass_the_checks(relays: Any) -> None:
                 "MAX_ATTEMPTS": 3,
                 "TIMEOUT": 2,
             },
-            "bus": {"BACKEND": "redis", "URL": "redis://127.0.0.1:1/0", "STREAM": "s"},
+            "bus": {
+                "BACKEND": "redis",
+                "URL": "redis://127.0.0.1:1/0",
+                "STREAM": "s",
+                "TIMEOUT": 2,
+            },
         },
         sources={"shop": {"BACKEND": "http", "SECRET": "s", "REPLAY_WINDOW": 60}},
     )

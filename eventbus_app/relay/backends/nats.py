@@ -96,10 +96,10 @@ class Publisher(BasePublisher):
         limit = int(self.nc.max_payload)
         outcomes: list[Outcome] = [
             PublishError(
-                f"message {m.id} is {len(m.body):,} bytes, over the NATS server's "
-                f"max_payload ({limit:,})"
+                f"message {m.id} is {_size(m):,} bytes with its headers, over the NATS "
+                f"server's max_payload ({limit:,})"
             )
-            if len(m.body) > limit
+            if _size(m) > limit
             else None
             for m in messages
         ]
@@ -143,6 +143,13 @@ class Publisher(BasePublisher):
             pass
         finally:
             self.loop.stop()
+
+
+def _size(message: Message) -> int:
+    """What the server compares with max_payload: the body and the header block (HPUB)."""
+    headers = {"Nats-Msg-Id": message.id, **message.headers}
+    block = len("NATS/1.0\r\n\r\n") + sum(len(f"{k}: {v}\r\n") for k, v in headers.items())
+    return len(message.body) + block
 
 
 class Consumer(BaseConsumer):
