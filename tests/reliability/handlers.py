@@ -194,7 +194,9 @@ def ordered_step(event: Step) -> None:
     ctx = current_delivery()
     assert ctx is not None
     row = OutboxEvent.objects.using(ctx.using).only("stream", "position").get(pk=ctx.event_id)
-    time.sleep(0.002)
+    # REL_ORDERED_SECONDS: how long a run takes (a test that needs workers to overlap sets
+    # it long enough that one worker cannot finish before the others have started).
+    time.sleep(float(os.environ.get("REL_ORDERED_SECONDS", "0.002")))
     Effect.objects.using(ctx.using).create(
         handler="rel.ordered",
         event_id=ctx.event_id,

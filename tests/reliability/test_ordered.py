@@ -4,6 +4,7 @@ for its database effects, and every stream completes."""
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections import defaultdict
@@ -99,7 +100,16 @@ def test_no_two_workers_run_one_stream_at_once(workers: Workers, rel_env: dict[s
         for position in range(per_stream):
             for s in range(streams):
                 emit(Step(n=position), stream=f"lane-{s}")
-    procs = [workers.drain() for _ in range(4)]
+    # Two streams' heads a claim and 20 ms a run: a worker cannot take every stream at
+    # once, nor finish them all before the others have started on a loaded machine (with
+    # a claim of 100 and 2 ms a run, one worker once did it all).
+    settings = {**json.loads(rel_env["EVENTBUS_TEST_SETTINGS"]), "BATCH_SIZE": 2}
+    env = {
+        **rel_env,
+        "EVENTBUS_TEST_SETTINGS": json.dumps(settings),
+        "REL_ORDERED_SECONDS": "0.02",
+    }
+    procs = [workers.drain(env=env) for _ in range(4)]
     for proc in procs:
         proc.wait(timeout=300)
     assert [p.returncode for p in procs] == [0] * 4, [workers.output(p) for p in procs]
